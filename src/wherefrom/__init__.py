@@ -1,0 +1,51 @@
+"""wherefrom: explain PyTorch predictions by the training data that caused them, and measure how right that is.
+
+    import wherefrom as wf
+    task = wf.Task(model)
+    scores = wf.InfluenceFunction(task, solver="cg", damping=1e-3).fit(train).score(test)  # [n_train, n_test]
+
+Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` helped test example ``j``
+(removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
+"""
+
+from wherefrom import targets
+from wherefrom.errors import (
+    CheckpointMismatchError,
+    DataOrderError,
+    LossReductionError,
+    NonFiniteGradientError,
+    UnknownNameError,
+    WherefromError,
+)
+from wherefrom.methods import (
+    Attributor,
+    GradCos,
+    GradDot,
+    GradientAttributor,
+    InfluenceFunction,
+    TracInCP,
+)
+from wherefrom.progress import set_progress
+from wherefrom.store import TopK
+from wherefrom.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attributor",
+    "CheckpointMismatchError",
+    "DataOrderError",
+    "GradCos",
+    "GradDot",
+    "GradientAttributor",
+    "InfluenceFunction",
+    "LossReductionError",
+    "NonFiniteGradientError",
+    "Task",
+    "TopK",
+    "TracInCP",
+    "UnknownNameError",
+    "WherefromError",
+    "set_progress",
+    "targets",
+]

@@ -1,0 +1,81 @@
+"""One registry of attribution methods by name, used by the command line and the benchmarks.
+
+A method is registered with a factory ``factory(context) -> Attributor``. The :class:`MethodContext` carries
+everything a benchmark setting can offer a method; a factory takes what it needs and raises
+:class:`~wherefrom.errors.WherefromError` when something it needs is missing.
+
+    @register_method("grad-dot", "Gradient dot product at the final checkpoint")
+    def _(ctx): return GradDot(ctx.task, **ctx.options)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wherefrom.errors import unknown_name
+from wherefrom.task import Checkpoint, Task
+
+
+@dataclass
+class MethodContext:
+    """What a benchmark setting offers to method factories.
+
+    Attributes:
+        task: the task at the final (reference) model.
+        trajectory: checkpoints saved along the reference training run, oldest first, with learning rates.
+        ensemble: checkpoints of independently trained models (different seeds or data subsets) for
+            ensemble methods (TRAK-M); the reference model may be among them.
+        features_fn: ``features_fn(batch) -> Tensor[B, d]`` embedding for feature-space methods (KNN-Shapley).
+        last_layer: name of the final linear layer (representer points).
+        options: method options given by the user (e.g. ``damping``), passed to the method's constructor.
+        seed: seed for randomised methods.
+    """
+
+    task: Task
+    trajectory: Sequence[Checkpoint] = ()
+    learning_rates: Sequence[float] = ()
+    ensemble: Sequence[Checkpoint] = ()
+    features_fn: Callable[[Any], Any] | None = None
+    last_layer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    description: str
+    factory: Callable[[MethodContext], Any]
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, description: str):
+    """Decorator: register ``factory(context) -> Attributor`` under ``name``."""
+
+    def deco(factory: Callable[[MethodContext], Any]):
+        METHODS[name] = MethodSpec(name, description, factory)
+        return factory
+
+    return deco
+
+
+def make_method(name: str, context: MethodContext):
+    """Build the attributor registered as ``name`` for ``context``."""
+    _load_builtin()
+    if name not in METHODS:
+        raise unknown_name("method", name, list(METHODS))
+    return METHODS[name].factory(context)
+
+
+def method_names() -> list[str]:
+    """Names of every registered method."""
+    _load_builtin()
+    return sorted(METHODS)
+
+
+def _load_builtin() -> None:
+    import wherefrom.methods.registrations  # noqa: F401  (registers the built-in methods)

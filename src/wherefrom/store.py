@@ -1,0 +1,156 @@
+"""Stores of per-example feature blocks (gradients or their projections) and streaming top-k search.
+
+A store yields ``(start, block)`` pairs, ``block`` of shape ``[B, d]`` for rows ``start .. start+B``. Three kinds:
+
+- :class:`MemoryStore` keeps the whole ``[n, d]`` matrix (when it fits the memory budget);
+- :class:`DiskStore` keeps it in a ``.npy`` file read by memory map, so it is computed once and reused, also by a
+  later process (``cache_dir=`` of the attributors);
+- :class:`RecomputeStore` keeps nothing and recomputes the blocks each time they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BlockIter = Iterator[tuple[int, torch.Tensor]]
+
+
+class FeatureStore:
+    """Interface: ``n`` rows of dimension ``dim``, read block by block with :meth:`blocks`."""
+
+    n: int
+    dim: int
+
+    def blocks(self) -> BlockIter:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class MemoryStore(FeatureStore):
+    """All rows in one in-memory tensor ``[n, d]``, yielded in blocks of ``block_size`` rows."""
+
+    def __init__(self, matrix: torch.Tensor, block_size: int = 1024) -> None:
+        self.matrix = matrix
+        self.n, self.dim = matrix.shape
+        self.block_size = block_size
+
+    def blocks(self) -> BlockIter:
+        for start in range(0, self.n, self.block_size):
+            yield start, self.matrix[start : start + self.block_size]
+
+
+class RecomputeStore(FeatureStore):
+    """Rows recomputed by calling ``make_blocks()`` each time they are read (nothing is kept)."""
+
+    def __init__(self, make_blocks: Callable[[], BlockIter], n: int, dim: int) -> None:
+        self.make_blocks = make_blocks
+        self.n, self.dim = n, dim
+
+    def blocks(self) -> BlockIter:
+        yield from self.make_blocks()
+
+
+class DiskStore(FeatureStore):
+    """Rows in ``path`` (a ``.npy`` file read by memory map) with a JSON sidecar that says what they are.
+
+    :meth:`open_or_build` reuses the file when its sidecar's ``key`` matches, so a second run (or a run that was
+    interrupted after the store was complete) does not recompute it.
+    """
+
+    def __init__(self, path: str, device: torch.device | str = "cpu", block_size: int = 1024) -> None:
+        self.path = path
+        self.array = np.load(path, mmap_mode="r")
+        self.n, self.dim = self.array.shape
+        self.device = torch.device(device)
+        self.block_size = block_size
+
+    def blocks(self) -> BlockIter:
+        for start in range(0, self.n, self.block_size):
+            chunk = np.ascontiguousarray(self.array[start : start + self.block_size])
+            yield start, torch.from_numpy(chunk).to(self.device)
+
+    @staticmethod
+    def open_or_build(
+        path: str, key: str, blocks: Iterable[tuple[int, torch.Tensor]], n: int, dim: int,
+        dtype: torch.dtype, device: torch.device | str = "cpu",
+    ) -> DiskStore:
+        """Open ``path`` if it holds the store named ``key``; otherwise write ``blocks`` there first."""
+        meta_path = path + ".json"
+        if os.path.exists(path) and os.path.exists(meta_path):
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+            if meta.get("key") == key and meta.get("complete"):
+                return DiskStore(path, device)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        tmp = path + ".partial.npy"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n, dim))
+        for start, block in blocks:
+            array[start : start + block.shape[0]] = block.detach().cpu().numpy()
+        array.flush()
+        del array
+        os.replace(tmp, path)
+        with open(meta_path, "w") as fh:
+            json.dump({"key": key, "n": n, "dim": dim, "complete": True}, fh)
+        return DiskStore(path, device)
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A short content hash of tensors (used to key cached stores to the exact checkpoint they came from)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TopK:
+    """The ``k`` most helpful and most harmful training examples of each test point.
+
+    ``helpful_indices[j]`` are training indices sorted by decreasing score for test point ``j`` and
+    ``helpful_values[j]`` their scores; ``harmful_*`` likewise by increasing score. All have shape ``[m, k]``.
+    """
+
+    helpful_indices: torch.Tensor
+    helpful_values: torch.Tensor
+    harmful_indices: torch.Tensor
+    harmful_values: torch.Tensor
+
+
+class StreamingTopK:
+    """Running top-k (largest and smallest) over row blocks of an ``[n, m]`` score matrix, never storing it."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._hi_v: torch.Tensor | None = None
+        self._hi_i: torch.Tensor | None = None
+        self._lo_v: torch.Tensor | None = None
+        self._lo_i: torch.Tensor | None = None
+
+    @staticmethod
+    def _merge(vals, idx, new_vals, new_idx, k, largest):
+        if vals is not None:
+            new_vals = torch.cat([vals, new_vals], dim=0)
+            new_idx = torch.cat([idx, new_idx], dim=0)
+        kk = min(k, new_vals.shape[0])
+        top_v, pos = torch.topk(new_vals, kk, dim=0, largest=largest, sorted=True)
+        return top_v, torch.gather(new_idx, 0, pos)
+
+    def update(self, start: int, block: torch.Tensor) -> None:
+        """Add score rows ``start .. start+B`` (``block`` is ``[B, m]``)."""
+        rows = torch.arange(start, start + block.shape[0], device=block.device).unsqueeze(1).expand_as(block)
+        self._hi_v, self._hi_i = self._merge(self._hi_v, self._hi_i, block, rows, self.k, True)
+        self._lo_v, self._lo_i = self._merge(self._lo_v, self._lo_i, block, rows, self.k, False)
+
+    def result(self) -> TopK:
+        """The top-k found so far, transposed to ``[m, k]``."""
+        if self._hi_v is None:
+            raise ValueError("No scores were added.")
+        return TopK(self._hi_i.T.contiguous(), self._hi_v.T.contiguous(),
+                    self._lo_i.T.contiguous(), self._lo_v.T.contiguous())
