@@ -41,7 +41,7 @@ class CGSolver(Solver):
         rr = (R * R).sum(1)
         active = torch.ones(V.shape[0], dtype=torch.bool, device=V.device)
         it = 0
-        for it in track(range(1, self.max_iter + 1), "CG iterations", self.max_iter, self.progress):
+        for it in track(range(1, self.max_iter + 1), "CG iterations", self.max_iter, self.progress):  # noqa: B007
             idx = torch.nonzero(active).flatten()
             AD = self._apply(D[idx])
             dAd = (D[idx] * AD).sum(1)
