@@ -8,7 +8,7 @@ import torch
 import wherefrom as wf
 
 wf.set_progress(False)
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)  # tests are small: avoid thread-sync overhead on a shared 2-core machine
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,110 @@
+"""CG and LiSSA inverse-HVPs equal the explicit solve; the objective's Hessian equals autograd's."""
+
+import pytest
+import torch
+from torch import nn
+
+import wherefrom as wf
+from wherefrom.curvature import CGSolver, ExplicitSolver, LissaSolver, TrainingObjective, make_solver
+
+
+class RandomSPDObjective:
+    """A stand-in objective whose curvature is ``A = (1/n) Σ_i A_i + wd·I`` with random PSD ``A_i``."""
+
+    def __init__(self, p=30, n=40, wd=0.1, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        X = torch.randn(n, p, 3, generator=gen, dtype=torch.float64)
+        self.parts = X @ X.transpose(1, 2) / 3  # [n, p, p] PSD
+        self.wd, self.n, self.p = wd, n, p
+        self.A = self.parts.mean(0) + wd * torch.eye(p, dtype=torch.float64)
+        self.dtype, self.device = torch.float64, torch.device("cpu")
+
+    def hvp(self, V):
+        return V @ self.A
+
+    def minibatch_hvp(self, V, idx):
+        return V @ self.parts[idx].mean(0) + self.wd * V
+
+    def dense(self, chunk=256):
+        return self.A.clone()
+
+    def top_eigenvalue(self, iters=30, seed=0):
+        return float(torch.linalg.eigvalsh(self.A)[-1])
+
+
+@pytest.fixture
+def problem():
+    obj = RandomSPDObjective()
+    V = torch.randn(5, obj.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return obj, V
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.05])
+def test_cg_equals_explicit_solve(problem, damping):
+    obj, V = problem
+    exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    cg = CGSolver(damping=damping, tol=1e-12).fit(obj)
+    torch.testing.assert_close(cg.solve(V), exact, rtol=1e-8, atol=1e-8)
+    assert cg.residuals_.max() < 1e-10 and cg.iterations_ <= obj.p + 5
+    torch.testing.assert_close(ExplicitSolver(damping=damping).fit(obj).solve(V), exact)
+
+
+def test_lissa_full_batch_equals_explicit_solve(problem):
+    obj, V = problem
+    damping = 0.05
+    exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    lissa = LissaSolver(damping=damping, batch_size=obj.n).fit(obj)  # b = n: the deterministic Neumann series
+    torch.testing.assert_close(lissa.solve(V), exact, rtol=1e-6, atol=1e-8)
+
+
+def test_lissa_minibatch_converges_in_mean(problem):
+    obj, V = problem
+    damping = 0.05
+    exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    approx = LissaSolver(damping=damping, batch_size=20, repeats=16, depth=300).fit(obj).solve(V)
+    rel = (approx - exact).norm() / exact.norm()
+    assert rel < 0.1, f"relative error {rel:.3f}"
+
+
+def test_lissa_damping_means_the_same_as_other_solvers(problem):
+    obj, V = problem
+    for damping in (0.0, 0.5):
+        exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
+        for scale in (None, 50.0):
+            got = LissaSolver(damping=damping, batch_size=obj.n, scale=scale, depth=20000).fit(obj).solve(V)
+            torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-7)
+
+
+def test_lissa_too_small_scale_raises(problem):
+    obj, V = problem
+    with pytest.raises(wf.NonFiniteGradientError, match="diverged"):
+        LissaSolver(damping=0.0, batch_size=obj.n, scale=1e-3, depth=500).fit(obj).solve(V)
+
+
+def test_objective_hessian_equals_autograd_hessian():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    X, y = torch.randn(20, 5, dtype=torch.float64), torch.randint(0, 3, (20,))
+    wd = 0.3
+    task = wf.Task(model, weight_decay=wd)
+    obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=7), task.state())
+    names = task.param_names
+    params = tuple(p.detach() for p in model.parameters())
+
+    def R(*ps):
+        out = torch.func.functional_call(model, dict(zip(names, ps)), (X,))
+        return nn.functional.cross_entropy(out, y) + 0.5 * wd * sum((p * p).sum() for p in ps)
+
+    blocks = torch.autograd.functional.hessian(R, params)
+    H = torch.cat([torch.cat([b.reshape(ps.numel(), qs.numel()) for b, qs in zip(row, params)], 1)
+                   for row, ps in zip(blocks, params)], 0)
+    torch.testing.assert_close(obj.dense(chunk=16), H)
+    V = torch.randn(3, obj.p, dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(V), V @ H)
+
+
+def test_unknown_solver_name_lists_choices():
+    with pytest.raises(wf.UnknownNameError, match="'cg'"):
+        make_solver("newton", damping=0.1)
+    with pytest.raises(wf.UnknownNameError, match="Unknown solver 'newtonn'"):
+        wf.InfluenceFunction(wf.Task(nn.Linear(2, 2)), solver="newtonn")
