@@ -77,7 +77,7 @@ def test_per_test_point_correlation_and_top_k(loo_problem):
 
 
 def test_self_influence_is_explicit_quadratic_form(loo_problem):
-    model, train, test, _, _ = loo_problem
+    model, train, _, _, _ = loo_problem
     task = wf.Task(model, weight_decay=WD)
     influence = wf.InfluenceFunction(task, solver="explicit", damping=1e-3).fit(train)
     G = wf.gradients.collect_gradients(task, wf.data.as_loader(train), task.state())

@@ -91,7 +91,7 @@ def test_objective_hessian_equals_autograd_hessian():
     names = task.param_names
     params = tuple(p.detach() for p in model.parameters())
 
-    def R(*ps):
+    def R(*ps):  # noqa: N802
         out = torch.func.functional_call(model, dict(zip(names, ps)), (X,))
         return nn.functional.cross_entropy(out, y) + 0.5 * wd * sum((p * p).sum() for p in ps)
 

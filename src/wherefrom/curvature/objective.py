@@ -29,7 +29,7 @@ class TrainingObjective:
     """
 
     def __init__(
-        self, task: Task, loader: DataLoader, state: Mapping[str, torch.Tensor], vector_chunk: int = 64,
+        self, task: Task, loader: DataLoader, state: Mapping[str, torch.Tensor], vector_chunk: int = 256,
         progress: bool | None = False,
     ) -> None:
         self.task = task
