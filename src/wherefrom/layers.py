@@ -49,12 +49,17 @@ class LayerIO:
         return torch.einsum("bto,bti->boi", self.delta, self.a)
 
 
+def param_name(module_name: str, leaf: str) -> str:
+    """Full parameter name of ``leaf`` (``"weight"``/``"bias"``) of a module (``""`` is the root module)."""
+    return f"{module_name}.{leaf}" if module_name else leaf
+
+
 def kronecker_layers(task: Task) -> dict[str, nn.Module]:
     """Layers (Linear, Conv2d) whose ``weight`` is among the task's selected parameters, by module name."""
     selected = set(task.param_names)
     out = {}
     for name, module in task.model.named_modules():
-        if isinstance(module, SUPPORTED_LAYERS) and f"{name}.weight" in selected:
+        if isinstance(module, SUPPORTED_LAYERS) and param_name(name, "weight") in selected:
             out[name] = module
     return out
 
@@ -63,14 +68,14 @@ def uncovered_params(task: Task, layers: Mapping[str, nn.Module]) -> list[str]:
     """Selected parameters that no captured layer accounts for (they need another rule, e.g. a diagonal)."""
     covered = set()
     for name, module in layers.items():
-        covered.add(f"{name}.weight")
+        covered.add(param_name(name, "weight"))
         if getattr(module, "bias", None) is not None:
-            covered.add(f"{name}.bias")
+            covered.add(param_name(name, "bias"))
     return [n for n in task.param_names if n not in covered]
 
 
 def _has_bias(task: Task, name: str, module: nn.Module) -> bool:
-    return getattr(module, "bias", None) is not None and f"{name}.bias" in task.param_names
+    return getattr(module, "bias", None) is not None and param_name(name, "bias") in task.param_names
 
 
 def _layer_inputs(module: nn.Module, x: torch.Tensor, bias: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -158,9 +163,9 @@ def layer_gradient_to_flat(
     W = G[..., :-1] if has_bias else G
     if transposed:
         W = W.transpose(-1, -2)
-    out = {f"{name}.weight": W.reshape(G.shape[0], -1)}
+    out = {param_name(name, "weight"): W.reshape(G.shape[0], -1)}
     if has_bias:
-        out[f"{name}.bias"] = G[..., -1]
+        out[param_name(name, "bias")] = G[..., -1]
     return out
 
 

@@ -41,16 +41,22 @@ def arnoldi_iteration(
 
     The start vector is Gaussian (seeded); each new vector is orthogonalised twice against all previous ones
     (classical Gram-Schmidt, repeated, which is as stable as modified Gram-Schmidt at ``K`` products each).
-    Stops early (``K < iterations``) when the new vector's norm falls below ``tol`` times the largest
-    projection seen: the Krylov space is then invariant and the Ritz pairs are exact.
+    When the new vector's norm falls below ``tol`` times the largest projection seen (the Krylov space is
+    invariant: it happens when eigenvalues repeat, e.g. a null space) the iteration restarts from a fresh random
+    vector orthogonal to the basis, so that at ``iterations = p`` the basis spans everything and the Ritz pairs
+    are the exact eigenpairs.
     """
     if iterations < 1:
         raise WherefromError(f"iterations must be >= 1, got {iterations}.")
     iterations = min(iterations, p)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    w = torch.randn(p, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    def fresh() -> torch.Tensor:
+        return torch.randn(p, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
     W = torch.zeros(iterations, p, dtype=dtype, device=device)
     T = torch.zeros(iterations, iterations, dtype=torch.float64)
+    w = fresh()
     W[0] = w / w.norm()
     scale = 0.0
     K = iterations
@@ -66,9 +72,12 @@ def arnoldi_iteration(
         if t + 1 == iterations:
             break
         if beta <= tol * max(scale, 1e-300):
-            K = t + 1
-            log.info("Arnoldi: invariant Krylov space of dimension %d found (breakdown)", K)
-            break
+            log.info("Arnoldi: invariant Krylov space of dimension %d; restarting from a new vector", t + 1)
+            v = fresh()
+            for _ in range(2):
+                v = v - (W[: t + 1] @ v) @ W[: t + 1]
+            W[t + 1] = v / v.norm()
+            continue  # T[t + 1, t] stays 0: the two invariant subspaces are decoupled
         T[t + 1, t] = beta
         W[t + 1] = v / beta
     T = T[:K, :K]
