@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 import torch
-from curvature_refs import classification_data, dense_ggn, mlp
 
 import wherefrom as wf
+from curvature_refs import classification_data, dense_ggn, mlp
 from wherefrom.curvature import (
     ArnoldiSolver,
     CGSolver,

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from curvature_refs import classification_data, corr, dense_ggn, mlp, per_example_grads
 from torch import nn
 
 import wherefrom as wf
+from curvature_refs import classification_data, corr, dense_ggn, mlp, per_example_grads
 from wherefrom.curvature import EKFACSolver, KFACSolver, Solver, TrainingObjective
 
 

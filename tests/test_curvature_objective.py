@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from curvature_refs import classification_data, dense_ggn, mlp, per_example_grads
 from torch.func import hessian
 
 import wherefrom as wf
+from curvature_refs import classification_data, dense_ggn, mlp, per_example_grads
 from wherefrom.curvature import TrainingObjective
 from wherefrom.errors import WherefromError
 
