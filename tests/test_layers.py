@@ -61,3 +61,21 @@ def test_last_layer_selection_captures_only_that_layer():
     task = wf.Task(model, params=["2"])
     assert list(kronecker_layers(task)) == ["2"]
     _check(model, torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 3, (7,)), params=["2"])
+
+
+def test_embedding_captures_equal_vmap_gradients():
+    torch.manual_seed(0)
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 3, padding_idx=0)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):  # x: [B, T] token ids
+            return self.head(torch.tanh(self.emb(x)).mean(1))
+
+    model = Emb().double()
+    X = torch.randint(0, 7, (6, 4))
+    X[0, 1] = 0  # a padding position: its gradient is zero
+    _check(model, X, torch.randint(0, 2, (6,)))

@@ -8,7 +8,7 @@ Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` 
 (removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
 """
 
-from wherefrom import targets
+from wherefrom import curvature, targets
 from wherefrom.errors import (
     CheckpointMismatchError,
     DataOrderError,
@@ -23,6 +23,7 @@ from wherefrom.methods import (
     GradDot,
     GradientAttributor,
     InfluenceFunction,
+    RelatIF,
     TracInCP,
 )
 from wherefrom.progress import set_progress
@@ -41,11 +42,13 @@ __all__ = [
     "InfluenceFunction",
     "LossReductionError",
     "NonFiniteGradientError",
+    "RelatIF",
     "Task",
     "TopK",
     "TracInCP",
     "UnknownNameError",
     "WherefromError",
+    "curvature",
     "set_progress",
     "targets",
 ]

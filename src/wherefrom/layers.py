@@ -5,6 +5,11 @@ per-example gradient of a function ``f`` is ``∇_W̃ f = Σ_t δ_t ãᵀ_t`` wi
 ``ã_t = [x_t; 1]`` (``[d_in + 1]``, the 1 only when the bias is attributed). The bias gradient is the *last
 column* of this ``[d_out, d_in + 1]`` matrix. A Conv2d layer is the same after unfolding (im2col): ``x_t`` is the
 patch at output position ``t`` (``C_in·k_h·k_w`` values, in the order of ``weight.reshape(C_out, -1)``).
+An Embedding layer ``y_t = W[k_t]`` is a Linear layer without bias on the one-hot input ``a_t = e_{k_t}``
+(``d_in = num_embeddings``, ``d_out = embedding_dim``; positions equal to ``padding_idx`` get ``a_t = 0``, as
+their gradient is zero). Its weight is stored ``[num_embeddings, dim]``, i.e. *transposed* with respect to the
+``[d_out, d_in]`` gradient matrix (``LayerIO.transposed``); the one-hot inputs are materialised, so this suits
+vocabularies of moderate size.
 
 :func:`capture_layers` runs the model once on a batch and returns, for each supported layer whose weight is
 among the task's parameters, ``a`` (``[B, T, d_in(+1)]``) and ``δ`` (``[B, T, d_out]``) for every example. It
@@ -25,7 +30,7 @@ from torch import nn
 from wherefrom.errors import WherefromError
 from wherefrom.task import LossFn, Task
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding)
 
 
 @dataclass
@@ -36,10 +41,17 @@ class LayerIO:
     a: torch.Tensor
     delta: torch.Tensor
     has_bias: bool
+    #: the parameter is stored ``[d_in, d_out]`` (nn.Embedding) rather than ``[d_out, d_in]``.
+    transposed: bool = False
 
     def gradients(self) -> torch.Tensor:
         """Per-example gradient matrices ``G_b = Σ_t δ_{b,t} ã_{b,t}ᵀ``, ``[B, d_out, d_in(+1)]``."""
         return torch.einsum("bto,bti->boi", self.delta, self.a)
+
+
+def param_name(module_name: str, leaf: str) -> str:
+    """Full parameter name of ``leaf`` (``"weight"``/``"bias"``) of a module (``""`` is the root module)."""
+    return f"{module_name}.{leaf}" if module_name else leaf
 
 
 def kronecker_layers(task: Task) -> dict[str, nn.Module]:
@@ -47,7 +59,7 @@ def kronecker_layers(task: Task) -> dict[str, nn.Module]:
     selected = set(task.param_names)
     out = {}
     for name, module in task.model.named_modules():
-        if isinstance(module, SUPPORTED_LAYERS) and f"{name}.weight" in selected:
+        if isinstance(module, SUPPORTED_LAYERS) and param_name(name, "weight") in selected:
             out[name] = module
     return out
 
@@ -56,17 +68,26 @@ def uncovered_params(task: Task, layers: Mapping[str, nn.Module]) -> list[str]:
     """Selected parameters that no captured layer accounts for (they need another rule, e.g. a diagonal)."""
     covered = set()
     for name, module in layers.items():
-        covered.add(f"{name}.weight")
+        covered.add(param_name(name, "weight"))
         if getattr(module, "bias", None) is not None:
-            covered.add(f"{name}.bias")
+            covered.add(param_name(name, "bias"))
     return [n for n in task.param_names if n not in covered]
 
 
 def _has_bias(task: Task, name: str, module: nn.Module) -> bool:
-    return getattr(module, "bias", None) is not None and f"{name}.bias" in task.param_names
+    return getattr(module, "bias", None) is not None and param_name(name, "bias") in task.param_names
 
 
-def _layer_inputs(module: nn.Module, x: torch.Tensor, bias: bool) -> torch.Tensor:
+def _layer_inputs(module: nn.Module, x: torch.Tensor, bias: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    if isinstance(module, nn.Embedding):
+        if module.max_norm is not None or module.scale_grad_by_freq or module.sparse:
+            raise WherefromError("Embedding layers with max_norm, scale_grad_by_freq or sparse=True are not "
+                                 "supported by layer-wise methods.")
+        idx = x.reshape(x.shape[0], -1).long()
+        a = F.one_hot(idx, module.num_embeddings).to(dtype or module.weight.dtype)
+        if module.padding_idx is not None:
+            a = a * (idx != module.padding_idx).unsqueeze(-1).to(a.dtype)
+        return a
     if isinstance(module, nn.Linear):
         a = x.reshape(x.shape[0], -1, x.shape[-1])
     else:  # Conv2d
@@ -84,7 +105,7 @@ def _layer_inputs(module: nn.Module, x: torch.Tensor, bias: bool) -> torch.Tenso
 
 
 def _layer_output_grads(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, nn.Embedding)):
         return g.reshape(g.shape[0], -1, g.shape[-1])
     return g.flatten(2).transpose(1, 2)  # [B, C_out, H, W] -> [B, L, C_out]
 
@@ -126,16 +147,25 @@ def capture_layers(
         if g is None:
             g = torch.zeros_like(outputs[name])
         bias = _has_bias(task, name, module)
-        result[name] = LayerIO(name, _layer_inputs(module, inputs[name], bias),
-                               _layer_output_grads(module, g.detach()), bias)
+        delta = _layer_output_grads(module, g.detach())
+        result[name] = LayerIO(name, _layer_inputs(module, inputs[name], bias, delta.dtype), delta, bias,
+                               transposed=isinstance(module, nn.Embedding))
     return result
 
 
-def layer_gradient_to_flat(task: Task, name: str, G: torch.Tensor, has_bias: bool) -> dict[str, torch.Tensor]:
-    """Split per-example layer gradients ``[B, d_out, d_in(+1)]`` into ``{param name: [B, numel]}``."""
-    out = {f"{name}.weight": (G[..., :-1] if has_bias else G).reshape(G.shape[0], -1)}
+def layer_gradient_to_flat(
+    task: Task, name: str, G: torch.Tensor, has_bias: bool, transposed: bool = False
+) -> dict[str, torch.Tensor]:
+    """Split per-example layer gradients ``[B, d_out, d_in(+1)]`` into ``{param name: [B, numel]}``.
+
+    ``transposed``: the weight is stored ``[d_in, d_out]`` (nn.Embedding).
+    """
+    W = G[..., :-1] if has_bias else G
+    if transposed:
+        W = W.transpose(-1, -2)
+    out = {param_name(name, "weight"): W.reshape(G.shape[0], -1)}
     if has_bias:
-        out[f"{name}.bias"] = G[..., -1]
+        out[param_name(name, "bias")] = G[..., -1]
     return out
 
 
@@ -146,6 +176,6 @@ def flat_from_layers(task: Task, ios: Mapping[str, LayerIO]) -> torch.Tensor:
     out = torch.zeros(B, task.num_params, dtype=first.a.dtype, device=first.a.device)
     slices = task.param_slices()
     for name, io in ios.items():
-        for pname, block in layer_gradient_to_flat(task, name, io.gradients(), io.has_bias).items():
+        for pname, block in layer_gradient_to_flat(task, name, io.gradients(), io.has_bias, io.transposed).items():
             out[:, slices[pname]] = block
     return out

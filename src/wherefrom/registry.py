@@ -79,3 +79,4 @@ def method_names() -> list[str]:
 
 def _load_builtin() -> None:
     import wherefrom.methods.registrations  # noqa: F401  (registers the built-in methods)
+    from wherefrom.methods import registrations_curvature  # noqa: F401  (scalable curvature solvers, RelatIF)

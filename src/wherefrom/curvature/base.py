@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -36,6 +37,47 @@ class Solver:
         if self.objective is None:
             raise WherefromError(f"The {self.name} solver must be fitted before solve(); call fit(objective).")
         return self.objective
+
+    # ------------------------------------------------------------------ persistence (factored solvers)
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted factors as a dict of tensors (solvers that can be saved override this)."""
+        raise WherefromError(f"The {self.name} solver has no factors to save (it works from the objective "
+                             "directly); save/load is available for arnoldi, kfac, ekfac and datainf.")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise WherefromError(f"The {self.name} solver cannot be loaded from saved factors.")
+
+    @property
+    def saveable(self) -> bool:
+        """Whether this solver's fitted factors can be saved and loaded."""
+        return type(self).state_dict is not Solver.state_dict
+
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        """Write the fitted factors (and ``damping``, the solver name, ``meta``) to ``path`` with ``torch.save``."""
+        payload = {"solver": self.name, "damping": self.damping, "state": self.state_dict(), "meta": meta or {}}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any]:
+        """The raw saved payload (``solver``, ``damping``, ``state``, ``meta``), read with ``weights_only=True``."""
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, objective: TrainingObjective | None = None, **options: Any) -> Solver:
+        """A solver rebuilt from :meth:`save` output without refitting; ``options`` are its constructor options.
+
+        ``objective`` (optional) is attached for solvers that still need it when solving.
+        """
+        payload = cls.read(path)
+        solver = make_solver(payload["solver"], payload["damping"], **options)
+        if cls is not Solver and not isinstance(solver, cls):
+            raise WherefromError(f"{os.fspath(path)!r} holds a {payload['solver']!r} solver, not {cls.name!r}.")
+        solver.load_state_dict(payload["state"])
+        solver.objective = objective
+        return solver
 
 
 SOLVERS: dict[str, type[Solver]] = {}

@@ -29,17 +29,22 @@ class LissaSolver(Solver):
         damping: absolute ``λ``. depth: recursion depth ``T``. repeats: runs averaged (``r``).
         batch_size: examples per mini-batch Hessian (``b``). scale: ``s`` (``None``: estimated).
         scale_margin: safety factor on the estimated top eigenvalue. seed: mini-batch sampling seed.
+        check_residuals: after each solve, measure ``residuals_`` ``= ‖v − (H+λI)x‖/‖v‖`` per right-hand side
+            (one batched full-data HVP) and log the largest.
     """
 
     def __init__(
         self, damping: float = 0.0, depth: int = 1000, repeats: int = 1, batch_size: int = 256,
         scale: float | None = None, scale_margin: float = 2.0, seed: int = 0, progress: bool | None = None,
+        check_residuals: bool = True,
     ):
         super().__init__(damping)
         self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
         self.scale, self.scale_margin, self.seed, self.progress = scale, scale_margin, seed, progress
         self.scale_: float | None = None
         self.update_norms_: list[float] = []
+        self.check_residuals = check_residuals
+        self.residuals_: torch.Tensor | None = None
 
     def fit(self, objective: TrainingObjective) -> LissaSolver:
         super().fit(objective)
@@ -75,4 +80,9 @@ class LissaSolver(Solver):
                     )
             self.update_norms_.append(norm)
             total += h / s
-        return total / self.repeats
+        X = total / self.repeats
+        if self.check_residuals:
+            R = V - (obj.hvp(X) + self.damping * X)
+            self.residuals_ = R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)
+            log.info("LiSSA finished; max relative residual %.3g", float(self.residuals_.max()))
+        return X

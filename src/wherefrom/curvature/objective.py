@@ -4,6 +4,11 @@
 ``H = ∇²R(θ̂)`` is *mean-reduced*; ``hvp`` aggregates per-batch products over the whole training set before any
 solve (never a sum of per-batch solutions). Products with many vectors at once are batched with ``vmap`` over
 forward-over-reverse ``jvp(grad(·))``.
+
+``curvature`` selects the matrix the products are taken with (see :mod:`wherefrom.curvature.gauss_newton`):
+``"hessian"`` (default), ``"ggn"`` (generalised Gauss-Newton ``(1/n) Σ J_iᵀ Λ_i J_i``), ``"fisher"`` (true Fisher
+with one label per example sampled from the model, seeded) or ``"empirical_fisher"`` (``(1/n) Σ g_i g_iᵀ``), each
+plus ``wd·I``. Every HVP-based solver (explicit, CG, LiSSA, Arnoldi) therefore works with each of them.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader
 
+from wherefrom.curvature.gauss_newton import check_curvature, sample_labels, with_labels
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
+from wherefrom.gradients import per_example_grad_fn
 from wherefrom.progress import track
 from wherefrom.task import Task
 
@@ -26,11 +33,13 @@ class TrainingObjective:
     Attributes:
         n: number of training examples; p: number of selected parameters; theta: ``θ̂``, ``[p]``.
         vector_chunk: how many vectors one vmapped HVP call handles (bounds memory).
+        curvature: ``"hessian"`` | ``"ggn"`` | ``"fisher"`` | ``"empirical_fisher"``: the matrix ``hvp`` uses.
+        fisher_seed: seed of the labels sampled for the true Fisher (drawn once, reused by every product).
     """
 
     def __init__(
         self, task: Task, loader: DataLoader, state: Mapping[str, torch.Tensor], vector_chunk: int = 256,
-        progress: bool | None = False,
+        progress: bool | None = False, curvature: str = "hessian", fisher_seed: int = 0,
     ) -> None:
         self.task = task
         self.loader = loader
@@ -41,6 +50,9 @@ class TrainingObjective:
         self.vector_chunk = vector_chunk
         self.progress = progress
         self.hvp_count = 0  # number of (batch, vector) Hessian-vector products computed, for diagnostics
+        self.curvature = check_curvature(curvature)
+        self.fisher_seed = fisher_seed
+        self._sampled: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -58,35 +70,90 @@ class TrainingObjective:
 
         return f
 
-    def _batch_hvp_sum(self, V: torch.Tensor, batch: Any) -> torch.Tensor:
-        """``Σ_{i∈batch} ∇²ℓ_i V`` for ``V`` ``[m, p]`` (no 1/n, no weight decay)."""
+    def sampled_labels(self) -> torch.Tensor:
+        """Labels ``ŷ_i ∼ softmax(f(x_i; θ̂))`` for the true Fisher, ``[n]``, drawn once with ``fisher_seed``."""
+        if self._sampled is None:
+            gen = torch.Generator(device="cpu").manual_seed(self.fisher_seed)
+            parts = []
+            with torch.no_grad(), self.task.attribution_mode():
+                for batch in self.loader:
+                    batch = self.task.prepare_batch(batch)
+                    parts.append(sample_labels(self.task.outputs(self.theta, self.state, batch), gen))
+            self._sampled = torch.cat(parts)
+        return self._sampled
+
+    def curvature_batch(self, batch: Any, indices: torch.Tensor) -> Any:
+        """The batch as the curvature sees it: with sampled labels for the true Fisher, unchanged otherwise."""
+        if self.curvature == "fisher":
+            return with_labels(batch, self.sampled_labels()[indices.to(self.sampled_labels().device)])
+        return batch
+
+    def _batch_hvp_sum(self, V: torch.Tensor, batch: Any, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_{i∈batch} C_i V`` for ``V`` ``[m, p]`` (no 1/n, no weight decay), ``C_i`` the per-example curvature.
+
+        ``indices`` (positions of the batch's examples in the training set) are needed for the true Fisher.
+        """
+        if self.curvature == "hessian":
+            out = self._batch_hessian_sum(V, batch)
+        elif self.curvature == "ggn":
+            out = self._batch_ggn_sum(V, batch)
+        else:
+            if self.curvature == "fisher":
+                if indices is None:
+                    raise ValueError("indices are needed for the true Fisher")
+                batch = self.curvature_batch(batch, indices)
+            G = per_example_grad_fn(self.task, self.task.loss_fn, self.state)(self.theta, batch).detach()
+            out = (V @ G.T) @ G
+        self.hvp_count += V.shape[0] * batch_length(batch)
+        return out
+
+    def _batch_hessian_sum(self, V: torch.Tensor, batch: Any) -> torch.Tensor:
         f = self._batch_sum_loss(batch)
         g = grad(f)
 
         def one(v: torch.Tensor) -> torch.Tensor:
             return jvp(g, (self.theta,), (v,))[1]
 
-        out = torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
-        self.hvp_count += V.shape[0] * batch_length(batch)
-        return out
+        return torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
+
+    def _batch_ggn_sum(self, V: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``Σ_i J_iᵀ Λ_i J_i V``: forward-mode ``J v``, the output-space Hessian, reverse-mode ``Jᵀ``."""
+        task, state = self.task, self.state
+
+        def out_fn(flat: torch.Tensor) -> torch.Tensor:
+            return task.outputs(flat, state, batch)
+
+        outputs, vjp_fn = vjp(out_fn, self.theta)
+        outputs = outputs.detach()
+        g_out = grad(lambda o: task.loss_fn(o, batch).sum())
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            Jv = jvp(out_fn, (self.theta,), (v,))[1]
+            LJv = jvp(g_out, (outputs,), (Jv,))[1]
+            return vjp_fn(LJv)[0]
+
+        return torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """``H V`` for ``V`` of shape ``[m, p]`` (or ``[p]``), over the whole training set."""
+        """``C V`` for ``V`` of shape ``[m, p]`` (or ``[p]``) over the whole training set; ``C`` the curvature."""
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
         out = torch.zeros_like(V)
+        start = 0
         with self.task.attribution_mode():
             for batch in track(self.loader, "Hessian-vector products", len(self.loader), self.progress):
                 batch = self.task.prepare_batch(batch)
-                out += self._batch_hvp_sum(V, batch)
+                size = batch_length(batch)
+                out += self._batch_hvp_sum(V, batch, torch.arange(start, start + size))
+                start += size
         out = out / self.n + self.task.weight_decay * V
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Stochastic ``H_S V`` on the training examples ``indices`` (mean over them, plus weight decay)."""
+        """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay)."""
         batch = self.task.prepare_batch(collate_indices(self.loader, indices.tolist()))
         with self.task.attribution_mode():
-            out = self._batch_hvp_sum(V.to(self.dtype), batch)
+            out = self._batch_hvp_sum(V.to(self.dtype), batch, indices)
         return out / len(indices) + self.task.weight_decay * V
 
     def dense(self, chunk: int = 256) -> torch.Tensor:

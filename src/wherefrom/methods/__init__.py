@@ -2,6 +2,7 @@
 
 from wherefrom.methods.base import Attributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
+from wherefrom.methods.relatif import RelatIF
 from wherefrom.methods.tracin import GradCos, GradDot, TracInCP
 
-__all__ = ["Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "TracInCP"]
+__all__ = ["Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "RelatIF", "TracInCP"]

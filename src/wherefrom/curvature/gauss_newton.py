@@ -1,0 +1,104 @@
+"""Gauss-Newton and Fisher curvature: the pieces shared by the HVP-based objective and the layer-wise solvers.
+
+For a model with outputs ``o_i = f(x_i; θ)`` (``[C]`` per example) and a per-example loss ``ℓ(o_i, y_i)``:
+
+- generalised Gauss-Newton (GGN): ``G = (1/n) Σ_i J_iᵀ Λ_i J_i`` with ``J_i = ∂o_i/∂θ`` (``[C, p]``) and
+  ``Λ_i = ∂²ℓ/∂o_i²`` (``[C, C]``). It equals the Hessian minus the terms with second derivatives of the model.
+  For softmax cross-entropy ``Λ_i = diag(π_i) − π_i π_iᵀ``.
+- true Fisher: ``F = (1/n) Σ_i E_{ŷ∼p(·|x_i)} [∇ℓ(x_i, ŷ) ∇ℓ(x_i, ŷ)ᵀ]``; estimated with one label ``ŷ_i``
+  sampled from the model's softmax per example (seeded, fixed for the life of the objective). For
+  cross-entropy its expectation is the GGN.
+- empirical Fisher: ``(1/n) Σ_i g_i g_iᵀ`` with the true labels.
+
+The weight-decay term ``(wd/2)‖θ‖²`` of the objective adds ``wd·I`` to each of them.
+
+Factorising ``Λ_i = L_i L_iᵀ`` (``L_i = U_i diag(√e_i)`` from its eigendecomposition) turns the GGN into a sum
+of outer products of *pseudo-gradients* ``J_iᵀ l_ik`` (one per column ``k`` of ``L_i``): this is how the
+layer-wise solvers (K-FAC, EK-FAC) reach the exact GGN without sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.func import grad, jvp
+
+from wherefrom.errors import WherefromError
+from wherefrom.targets import labels_of
+
+CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher")
+
+
+def check_curvature(name: str) -> str:
+    """Validate a curvature name (``"gauss_newton"``/``"gn"`` are accepted for ``"ggn"``)."""
+    aliases = {"gn": "ggn", "gauss_newton": "ggn", "gauss-newton": "ggn", "true_fisher": "fisher",
+               "empirical-fisher": "empirical_fisher", "ef": "empirical_fisher"}
+    name = aliases.get(name, name)
+    if name not in CURVATURES:
+        raise WherefromError(f"Unknown curvature {name!r}. Choose one of: {', '.join(CURVATURES)}.")
+    return name
+
+
+def output_hessians(loss_fn, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    """``Λ_i = ∂²ℓ(o_i, y_i)/∂o_i²`` of every example, ``[B, C, C]``, for 2-D outputs ``[B, C]``.
+
+    Uses that ``Σ_i ℓ_i`` is block-diagonal in the outputs: one forward-over-reverse product with the tangent
+    ``e_c`` (in every row at once) gives column ``c`` of every ``Λ_i``; ``C`` products in all.
+    """
+    if outputs.ndim != 2:
+        raise WherefromError(
+            f"The Gauss-Newton curvature needs model outputs of shape [B, C]; got {tuple(outputs.shape)}. "
+            "Use curvature='empirical_fisher' (or 'fisher') for other output shapes."
+        )
+    outputs = outputs.detach()
+    _B, C = outputs.shape
+
+    def total(o: torch.Tensor) -> torch.Tensor:
+        return loss_fn(o, batch).sum()
+
+    g = grad(total)
+    cols = []
+    for c in range(C):
+        tangent = torch.zeros_like(outputs)
+        tangent[:, c] = 1.0
+        cols.append(jvp(g, (outputs,), (tangent,))[1])
+    Lam = torch.stack(cols, dim=2)  # [B, C(row), C(col)]
+    return (Lam + Lam.transpose(1, 2)) / 2
+
+
+def output_hessian_roots(Lam: torch.Tensor, drop_tol: float = 1e-10) -> torch.Tensor:
+    """``L_i`` with ``L_i L_iᵀ = Λ_i`` (``[B, C, K]``), dropping columns that are zero for every example.
+
+    Negative eigenvalues (a loss that is not convex in the outputs) are clipped to zero: the GGN is then the
+    positive part, which is what keeps it positive semi-definite.
+    """
+    evals, evecs = torch.linalg.eigh(Lam.to(torch.float64))
+    evals = evals.clamp_min(0.0)
+    L = evecs * evals.sqrt().unsqueeze(1)  # column k scaled by sqrt(e_k)
+    scale = float(evals.max()) if evals.numel() else 0.0
+    keep = evals.amax(dim=0) > drop_tol * max(scale, 1e-300)
+    return L[:, :, keep].to(Lam.dtype)
+
+
+def sample_labels(outputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per example sampled from ``softmax(outputs)`` (classification logits ``[B, C]``), ``[B]``."""
+    if outputs.ndim != 2:
+        raise WherefromError(
+            f"The true Fisher samples labels from softmax(outputs) and needs outputs of shape [B, C]; got "
+            f"{tuple(outputs.shape)}. Use curvature='empirical_fisher' or 'ggn'."
+        )
+    probs = torch.softmax(outputs.detach().to(torch.float64), dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(outputs.device)
+
+
+def with_labels(batch: Any, labels: torch.Tensor) -> Any:
+    """A copy of ``batch`` whose labels (``batch[1]`` or ``batch['labels']``) are replaced by ``labels``."""
+    labels_of(batch)  # raises a clear error when the batch has no labels
+    if isinstance(batch, dict):
+        out = dict(batch)
+        out["labels"] = labels.to(batch["labels"].dtype)
+        return out
+    items = list(batch)
+    items[1] = labels.to(items[1].dtype)
+    return type(batch)(items) if isinstance(batch, tuple) else items
