@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import wherefrom as wf
-from tests.lr_fixtures import digits_lr, fit_lbfgs
+from lr_fixtures import digits_lr, fit_lbfgs
 
 WD = 0.05
 N_TRAIN, N_TEST, N_LOO = 400, 60, 40
