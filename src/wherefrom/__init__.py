@@ -18,6 +18,7 @@ from wherefrom.errors import (
     WherefromError,
 )
 from wherefrom.methods import (
+    TRAK,
     Attributor,
     GradCos,
     GradDot,
@@ -26,12 +27,14 @@ from wherefrom.methods import (
     TracInCP,
 )
 from wherefrom.progress import set_progress
+from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
 from wherefrom.task import Task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TRAK",
     "Attributor",
     "CheckpointMismatchError",
     "DataOrderError",
@@ -41,6 +44,7 @@ __all__ = [
     "InfluenceFunction",
     "LossReductionError",
     "NonFiniteGradientError",
+    "RandomProjection",
     "Task",
     "TopK",
     "TracInCP",

@@ -53,7 +53,8 @@ def margin(outputs: torch.Tensor, batch: Any) -> torch.Tensor:
     """
     y = labels_of(batch).long()
     correct = outputs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    others = outputs.masked_fill(F.one_hot(y, outputs.shape[-1]).bool(), float("-inf"))
+    is_label = torch.zeros_like(outputs, dtype=torch.bool).scatter(-1, y.unsqueeze(-1), True)  # vmap-safe one-hot
+    others = outputs.masked_fill(is_label, float("-inf"))
     return correct - torch.logsumexp(others, dim=-1)
 
 
