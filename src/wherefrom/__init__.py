@@ -24,6 +24,7 @@ from wherefrom.methods import (
     GradDot,
     GradientAttributor,
     InfluenceFunction,
+    LoGra,
     TracInCP,
 )
 from wherefrom.progress import set_progress
@@ -42,6 +43,7 @@ __all__ = [
     "GradDot",
     "GradientAttributor",
     "InfluenceFunction",
+    "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
     "RandomProjection",

@@ -2,7 +2,8 @@
 
 from wherefrom.methods.base import Attributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
+from wherefrom.methods.logra import LoGra
 from wherefrom.methods.tracin import GradCos, GradDot, TracInCP
 from wherefrom.methods.trak import TRAK
 
-__all__ = ["TRAK", "Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "TracInCP"]
+__all__ = ["TRAK", "Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "LoGra", "TracInCP"]
