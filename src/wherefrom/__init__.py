@@ -24,7 +24,9 @@ from wherefrom.methods import (
     GradDot,
     GradientAttributor,
     InfluenceFunction,
+    KNNShapley,
     LoGra,
+    RepresenterPoints,
     TracInCP,
 )
 from wherefrom.progress import set_progress
@@ -43,10 +45,12 @@ __all__ = [
     "GradDot",
     "GradientAttributor",
     "InfluenceFunction",
+    "KNNShapley",
     "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
     "RandomProjection",
+    "RepresenterPoints",
     "Task",
     "TopK",
     "TracInCP",

@@ -2,8 +2,21 @@
 
 from wherefrom.methods.base import Attributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
+from wherefrom.methods.knn_shapley import KNNShapley
 from wherefrom.methods.logra import LoGra
+from wherefrom.methods.representer import RepresenterPoints
 from wherefrom.methods.tracin import GradCos, GradDot, TracInCP
 from wherefrom.methods.trak import TRAK
 
-__all__ = ["TRAK", "Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "LoGra", "TracInCP"]
+__all__ = [
+    "TRAK",
+    "Attributor",
+    "GradCos",
+    "GradDot",
+    "GradientAttributor",
+    "InfluenceFunction",
+    "KNNShapley",
+    "LoGra",
+    "RepresenterPoints",
+    "TracInCP",
+]
