@@ -160,3 +160,29 @@ def test_projected_tracin_and_gradcos_match_explicit_projection():
     Q = collect_gradients(task, wf.data.as_loader(test), task.state(), task.target_fn, "target") @ P
     ref = (G / G.norm(dim=1, keepdim=True)) @ (Q / Q.norm(dim=1, keepdim=True)).T
     torch.testing.assert_close(cos, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_projected_influence_orthogonal_hessian_equals_exact_if():
+    """Curvature PᵀHP with a full-rank orthogonal P: exactly the influence function with the same damping."""
+    model, train, test = _problem()
+    task = wf.Task(model, weight_decay=0.01)
+    p = task.num_params
+    Qmat, _ = torch.linalg.qr(torch.randn(p, p, dtype=torch.float64))
+    exact = wf.InfluenceFunction(task, solver="explicit", damping=1.0).fit(train).score(test)
+    got = wf.ProjectedInfluence(task, projection=MatrixProjection(Qmat), curvature="hessian",
+                                damping=1.0).fit(train).score(test)
+    torch.testing.assert_close(got, exact, rtol=1e-7, atol=1e-10)
+
+
+def test_projected_influence_fisher_matches_explicit_formula():
+    model, train, test = _problem()
+    task = wf.Task(model, weight_decay=0.02)
+    pif = wf.ProjectedInfluence(task, proj_dim=10, projection="rademacher", damping=0.1, seed=2).fit(train)
+    P = pif.projection.matrix(task.num_params, 0)
+    Phi = collect_gradients(task, wf.data.as_loader(train), task.state()) @ P
+    Psi = collect_gradients(task, wf.data.as_loader(test), task.state(), task.target_fn) @ P
+    n = len(Phi)
+    C = Phi.T @ Phi / n + (0.1 + 0.02) * torch.eye(10, dtype=torch.float64)
+    torch.testing.assert_close(pif.score(test), Phi @ torch.linalg.inv(C) @ Psi.T / n, rtol=1e-8, atol=1e-10)
+    with pytest.raises(wf.UnknownNameError):
+        wf.ProjectedInfluence(task, curvature="ggn")

@@ -91,7 +91,7 @@ def test_trak_models_get_independent_projections():
 
 def test_trak_singular_kernel_warns_and_bad_input():
     model, states, train, _test = _setup(M=1, n=10)
-    with pytest.warns(UserWarning, match="singular"):
+    with pytest.warns(UserWarning, match="singular or indefinite"):
         wf.TRAK(wf.Task(model), proj_dim=30, checkpoints=states).fit(train)
     with pytest.raises(WherefromError):
         wf.TRAK(wf.Task(model), proj_dim=0)

@@ -26,6 +26,7 @@ from wherefrom.methods import (
     InfluenceFunction,
     KNNShapley,
     LoGra,
+    ProjectedInfluence,
     RepresenterPoints,
     TracInCP,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
+    "ProjectedInfluence",
     "RandomProjection",
     "RepresenterPoints",
     "Task",

@@ -78,4 +78,5 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    import wherefrom.methods.registrations  # noqa: F401  (registers the built-in methods)
+    import wherefrom.methods.registrations
+    import wherefrom.methods.registrations_projection  # noqa: F401  (TRAK, LoGra, RPS, KNN-Shapley, ...)

@@ -4,6 +4,7 @@ from wherefrom.methods.base import Attributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
 from wherefrom.methods.knn_shapley import KNNShapley
 from wherefrom.methods.logra import LoGra
+from wherefrom.methods.projected_influence import ProjectedInfluence
 from wherefrom.methods.representer import RepresenterPoints
 from wherefrom.methods.tracin import GradCos, GradDot, TracInCP
 from wherefrom.methods.trak import TRAK
@@ -17,6 +18,7 @@ __all__ = [
     "InfluenceFunction",
     "KNNShapley",
     "LoGra",
+    "ProjectedInfluence",
     "RepresenterPoints",
     "TracInCP",
 ]

@@ -46,6 +46,31 @@ def last_linear_layer(model: nn.Module) -> str:
     return names[-1]
 
 
+def last_layer_features_fn(task: Task, last_layer: str | None = None):
+    """``features_fn(batch) -> [B, d]``: the input of the final Linear layer at the task's final checkpoint.
+
+    A penultimate-layer embedding for feature-space methods (KNN-Shapley). The batch is moved to the model's device.
+    """
+    name = last_linear_layer(task.model) if last_layer is None else last_layer
+    module = dict(task.model.named_modules()).get(name)
+    if not isinstance(module, nn.Linear):
+        raise WherefromError(f"last_layer {name!r} is not an nn.Linear module of the model.")
+    state = task.state(None)
+    flat = task.flat_params(state)
+
+    def features_fn(batch):
+        seen = {}
+        handle = module.register_forward_hook(lambda mod, inp, out: seen.setdefault("f", inp[0].detach()))
+        try:
+            with torch.no_grad(), task.attribution_mode():
+                task.outputs(flat, state, task.prepare_batch(batch))
+        finally:
+            handle.remove()
+        return seen["f"].reshape(seen["f"].shape[0], -1)
+
+    return features_fn
+
+
 class RepresenterPoints(Attributor):
     """Representer values ``[n_train, n_test]`` of the final linear layer (see the module docstring).
 

@@ -46,7 +46,8 @@ from wherefrom.task import Checkpoint, Task
 
 
 class KernelSolve:
-    """``(ΦᵀΦ + λI)⁻¹`` from accumulated blocks of ``Φ`` (float64 Cholesky; eigen-pseudo-inverse if singular)."""
+    """``(C + λI)⁻¹`` for a symmetric ``C`` such as ``ΦᵀΦ``: a float64 Cholesky factorisation, or when that fails
+    (singular or indefinite) the pseudo-inverse on the positive eigenvalues, with a warning."""
 
     def __init__(self, kernel: torch.Tensor, damping: float, what: str) -> None:
         A = kernel + damping * torch.eye(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
@@ -57,9 +58,9 @@ class KernelSolve:
             evals, evecs = torch.linalg.eigh(A)
             cut = evals.max().clamp_min(0) * A.shape[0] * torch.finfo(A.dtype).eps
             inv = torch.where(evals > cut, 1.0 / evals, torch.zeros_like(evals))
-            warnings.warn(f"The {what} kernel is singular (rank {int((evals > cut).sum())} of {A.shape[0]}): "
-                          "using its pseudo-inverse. Use a projection dimension below the number of training "
-                          "examples or damping > 0.", stacklevel=3)
+            warnings.warn(f"The {what} matrix is singular or indefinite ({int((evals > cut).sum())} of {A.shape[0]} "
+                          "eigenvalues are positive): inverting it on its positive eigenvalues only. Use a projection "
+                          "dimension below the number of training examples, or damping > 0.", stacklevel=3)
             self._pinv = (evecs * inv) @ evecs.T
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
