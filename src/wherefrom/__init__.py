@@ -18,21 +18,28 @@ from wherefrom.errors import (
     WherefromError,
 )
 from wherefrom.methods import (
+    TRAK,
     Attributor,
     GradCos,
     GradDot,
     GradientAttributor,
     InfluenceFunction,
+    KNNShapley,
+    LoGra,
+    ProjectedInfluence,
     RelatIF,
+    RepresenterPoints,
     TracInCP,
 )
 from wherefrom.progress import set_progress
+from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
 from wherefrom.task import Task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TRAK",
     "Attributor",
     "CheckpointMismatchError",
     "DataOrderError",
@@ -40,9 +47,14 @@ __all__ = [
     "GradDot",
     "GradientAttributor",
     "InfluenceFunction",
+    "KNNShapley",
+    "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
+    "ProjectedInfluence",
+    "RandomProjection",
     "RelatIF",
+    "RepresenterPoints",
     "Task",
     "TopK",
     "TracInCP",

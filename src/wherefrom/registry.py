@@ -78,5 +78,6 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    import wherefrom.methods.registrations  # noqa: F401  (registers the built-in methods)
-    from wherefrom.methods import registrations_curvature  # noqa: F401  (scalable curvature solvers, RelatIF)
+    import wherefrom.methods.registrations
+    import wherefrom.methods.registrations_curvature
+    import wherefrom.methods.registrations_projection  # noqa: F401  (TRAK, LoGra, RPS, KNN-Shapley, ...)

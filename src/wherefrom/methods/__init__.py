@@ -2,7 +2,25 @@
 
 from wherefrom.methods.base import Attributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
+from wherefrom.methods.knn_shapley import KNNShapley
+from wherefrom.methods.logra import LoGra
+from wherefrom.methods.projected_influence import ProjectedInfluence
 from wherefrom.methods.relatif import RelatIF
+from wherefrom.methods.representer import RepresenterPoints
 from wherefrom.methods.tracin import GradCos, GradDot, TracInCP
+from wherefrom.methods.trak import TRAK
 
-__all__ = ["Attributor", "GradCos", "GradDot", "GradientAttributor", "InfluenceFunction", "RelatIF", "TracInCP"]
+__all__ = [
+    "TRAK",
+    "Attributor",
+    "GradCos",
+    "GradDot",
+    "GradientAttributor",
+    "InfluenceFunction",
+    "KNNShapley",
+    "LoGra",
+    "ProjectedInfluence",
+    "RelatIF",
+    "RepresenterPoints",
+    "TracInCP",
+]
