@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
@@ -44,22 +43,22 @@ def _parse_options(items: list[str]) -> dict[str, dict]:
 
 @app.command()
 def bench(
-    setting: Optional[str] = typer.Argument(None, help="Benchmark setting (see --list)."),  # noqa: UP007
+    setting: str | None = typer.Argument(None, help="Benchmark setting (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the benchmark settings, methods and metrics."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated method names (default: all)."),  # noqa: UP007
+    methods: str | None = typer.Option(None, help="Comma-separated method names (default: all)."),
     metrics: str = typer.Option("loo,lds", help="Comma-separated metrics: loo, lds, auc, brittle."),
-    cache_dir: Optional[str] = typer.Option(None, help="Cache root (default $WHEREFROM_CACHE or ~/.cache/wherefrom)."),  # noqa: UP007,E501
-    workers: Optional[int] = typer.Option(None, help="Retraining processes (default: number of CPUs)."),  # noqa: UP007
+    cache_dir: str | None = typer.Option(None, help="Cache root (default $WHEREFROM_CACHE or ~/.cache/wherefrom)."),
+    workers: int | None = typer.Option(None, help="Retraining processes (default: number of CPUs)."),
     out: str = typer.Option("bench-results", help="Folder for the JSON and PNG outputs."),
-    n_train: Optional[int] = typer.Option(None, help="Use only the first n training examples."),  # noqa: UP007
-    n_test: Optional[int] = typer.Option(None, help="Use only the first n test examples."),  # noqa: UP007
-    loo_first: Optional[int] = typer.Option(None, help="LOO ground truth for the first n train points only."),  # noqa: UP007,E501
+    n_train: int | None = typer.Option(None, help="Use only the first n training examples."),
+    n_test: int | None = typer.Option(None, help="Use only the first n test examples."),
+    loo_first: int | None = typer.Option(None, help="LOO ground truth for the first n train points only."),
     subsets: int = typer.Option(100, help="LDS subsets M."),
     fraction: float = typer.Option(0.5, help="LDS subset fraction α."),
     ensemble_size: int = typer.Option(5, help="Independently trained models offered to ensemble methods."),
     noise: float = typer.Option(0.1, help="Fraction of flipped labels for the AUC metric."),
     target: str = typer.Option("loss", help="Attributed target and ground truth: loss or margin."),
-    dropout: Optional[float] = typer.Option(None, help="Train MLP settings with this dropout probability."),  # noqa: UP007,E501
+    dropout: float | None = typer.Option(None, help="Train MLP settings with this dropout probability."),
     option: list[str] = typer.Option([], help="Method option method.key=value (repeatable)."),  # noqa: B008
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:

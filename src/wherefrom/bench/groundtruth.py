@@ -148,6 +148,16 @@ def _run_shard(spec: dict, root: str, kind: str, rows: list, seeds: list, path: 
     return path
 
 
+def _shard_done(path: str, rows: list) -> bool:
+    """Whether ``path`` holds the finished outputs of exactly these ``rows`` (resume skips it)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        return torch.load(path, weights_only=False)["rows"] == rows
+    except Exception:  # a truncated or foreign file is redone
+        return False
+
+
 def setting_from_spec(spec: dict) -> Setting:
     """Rebuild a :class:`Setting` from :meth:`Setting.spec`."""
     from wherefrom.bench.settings import Recipe
@@ -235,7 +245,7 @@ class Workspace:
         shards = [(s, rows[s:s + self.shard_size], seeds[s:s + self.shard_size])
                   for s in range(0, len(rows), self.shard_size)]
         paths = [os.path.join(folder, f"shard-{k:05d}.pt") for k in range(len(shards))]
-        todo = [(k, sh) for k, sh in enumerate(shards) if not os.path.exists(paths[k])]
+        todo = [(k, sh) for k, sh in enumerate(shards) if not _shard_done(paths[k], sh[1])]
         spec = self.setting.spec()
         t0 = time.time()
         desc = f"{self.setting.name} {kind} retraining ({len(rows)} models)"

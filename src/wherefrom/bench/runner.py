@@ -25,7 +25,7 @@ import traceback
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -135,9 +135,10 @@ class BenchResult:
     ground_truth: dict
     options: dict
 
-    COLUMNS = (("fit s", "fit_s"), ("score s", "score_s"), ("peak MB", "peak_mb"))
-    METRIC_COLUMNS = {"loo": [("LOO P", "loo_pearson"), ("LOO S", "loo_spearman")], "lds": [("LDS", "lds")],
-                      "auc": [("AUC", "auc")], "brittle": [("brittle k", "brittle_mean_k")]}
+    COLUMNS: ClassVar = (("fit s", "fit_s"), ("score s", "score_s"), ("peak MB", "peak_mb"))
+    METRIC_COLUMNS: ClassVar = {"loo": [("LOO P", "loo_pearson"), ("LOO S", "loo_spearman")],
+                                "lds": [("LDS", "lds")], "auc": [("AUC", "auc")],
+                                "brittle": [("brittle k", "brittle_mean_k")]}
 
     def columns(self) -> list[tuple[str, str]]:
         cols = list(self.COLUMNS)
