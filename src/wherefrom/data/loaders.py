@@ -68,9 +68,20 @@ def dataset_size(loader: DataLoader) -> int:
 
 
 def collate_indices(loader: DataLoader, indices: Sequence[int]) -> Any:
-    """Collate the examples ``indices`` of ``loader.dataset`` into one batch, with the loader's collate_fn."""
+    """Collate the examples ``indices`` of ``loader.dataset`` into one batch, with the loader's collate_fn.
+
+    A TensorDataset is indexed directly (one gather per tensor); other datasets item by item (or through their
+    ``__getitems__`` when they have one).
+    """
+    dataset = loader.dataset
+    if isinstance(dataset, TensorDataset) and loader.collate_fn in (None, default_collate):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return [t[idx] for t in dataset.tensors]
     collate = loader.collate_fn or default_collate
-    subset = Subset(loader.dataset, list(indices))
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        return collate(getitems(list(indices)))
+    subset = Subset(dataset, list(indices))
     return collate([subset[k] for k in range(len(subset))])
 
 
