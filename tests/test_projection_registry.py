@@ -8,6 +8,15 @@ import wherefrom as wf
 from wherefrom.errors import WherefromError
 from wherefrom.registry import MethodContext, make_method, method_names
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 NAMES = ["trak", "trak-1", "trak-10", "trak-50", "logra", "logra-kfac", "rps", "knn-shapley", "tracin-proj",
          "grad-dot-proj", "if-proj"]
 
@@ -38,6 +47,8 @@ def test_methods_build_and_score(name):
         ctx.options = {"proj_dim": 8}
     if name.startswith("logra"):
         ctx.options = {"rank": 2}
+    if name == "rps":
+        ctx.options = {"max_iter": 50}
     train = (torch.randn(25, 4), torch.randint(0, 3, (25,)))
     test = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
     scores = make_method(name, ctx).fit(train).score(test)

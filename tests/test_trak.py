@@ -10,6 +10,15 @@ import wherefrom as wf
 from wherefrom.errors import WherefromError
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _margin_grads(model, state, X, y):
     """Per-example gradients of logit_y − logsumexp_{c≠y} logit_c, one example at a time."""
     names = [n for n, _ in model.named_parameters()]
@@ -99,3 +108,16 @@ def test_trak_singular_kernel_warns_and_bad_input():
         wf.TRAK(wf.Task(model), damping=-1.0)
     with pytest.raises(WherefromError, match="target"):
         wf.TRAK(wf.Task(model), target="loss")
+
+
+def test_trak_layer_captures_equal_vmap_gradients():
+    model, states, train, test = _setup(M=2)
+    task = wf.Task(model)
+    a = wf.TRAK(task, proj_dim=10, checkpoints=states, gradients="vmap")
+    b = wf.TRAK(task, proj_dim=10, checkpoints=states, gradients="layers")
+    assert not a.use_layers and b.use_layers
+    torch.testing.assert_close(a.fit(train).score(test), b.fit(train).score(test), rtol=1e-8, atol=1e-10)
+    normed = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
+    assert not wf.TRAK(wf.Task(normed)).use_layers  # auto falls back to vmap for non-Linear parameters
+    with pytest.raises(WherefromError, match="gradients='layers'"):
+        wf.TRAK(wf.Task(normed), gradients="layers")

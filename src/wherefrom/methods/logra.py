@@ -58,6 +58,19 @@ def _factor(rank: int, dim: int, device: torch.device, *keys) -> torch.Tensor | 
     return torch.randn(rank, dim, generator=gen, device=device, dtype=torch.float32).mul_(1.0 / math.sqrt(rank))
 
 
+class _KroneckerSpec:
+    """Stands for LoGra's layer-wise projection in cache keys (``repr``); it is applied to captures, not blocks."""
+
+    def __init__(self, rank: tuple[int, int], seed: int) -> None:
+        self.rank, self.seed = rank, seed
+
+    def __repr__(self) -> str:
+        return f"KroneckerProjection(rank={self.rank}, seed={self.seed}, kind='gaussian')"
+
+    def project(self, block: torch.Tensor, checkpoint_index: int = 0) -> torch.Tensor:
+        raise WherefromError("LoGra projects layer captures, not flattened gradient blocks.")
+
+
 class LoGra(GradientAttributor):
     """LoGra scores ``[n_train, n_test]`` at the task's final checkpoint (see the module docstring).
 
@@ -88,6 +101,7 @@ class LoGra(GradientAttributor):
         self.preconditioner = preconditioner
         self.damping = float(damping)
         self.seed = seed
+        self.projection = _KroneckerSpec(self.rank, seed)  # names the projection in on-disk cache keys
         self.layers = kronecker_layers(task)
         if not self.layers:
             raise WherefromError("LoGra needs Linear or Conv2d layers among the task's parameters; none are selected.")
@@ -98,9 +112,6 @@ class LoGra(GradientAttributor):
         self._factors: dict[tuple[int, str], tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         self._solvers: list[dict[str, tuple]] = []
         self._n: int = 1
-
-    def __repr__(self) -> str:
-        return f"LoGra(rank={self.rank}, seed={self.seed})"
 
     # ------------------------------------------------------------------ projection
     def _dims(self, name: str) -> tuple[int, int]:
@@ -157,7 +168,8 @@ class LoGra(GradientAttributor):
                 g = d[:, 0, :, None] * a[:, 0, None, :] if a.shape[1] == 1 else torch.einsum("bto,bti->boi", d, a)
                 feats.append(g.reshape(g.shape[0], -1))
             block = torch.cat(feats, dim=1)
-            check_finite(block, start, what)
+            if not bool(torch.isfinite(block.sum())):  # one reduction; the row-wise check only on failure
+                check_finite(block, start, what)
             yield start, block
 
     def projected_gradients(self, data: DataLike, target: bool = False, checkpoint: int = 0) -> torch.Tensor:

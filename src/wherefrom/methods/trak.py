@@ -39,10 +39,47 @@ from torch.utils.data import DataLoader
 from wherefrom import targets
 from wherefrom.data.loaders import DataLike, as_loader
 from wherefrom.errors import WherefromError
+from wherefrom.gradients import check_finite
+from wherefrom.layers import capture_layers, flat_from_layers, kronecker_layers, uncovered_params
 from wherefrom.methods.base import GradientAttributor
 from wherefrom.progress import track
 from wherefrom.projection import Projection, make_projection
 from wherefrom.task import Checkpoint, Task
+
+
+def layer_gradient_blocks(task: Task, loader: DataLoader, state: dict[str, torch.Tensor], fn, what: str,
+                          progress: bool | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Per-example gradients ``[B, p]`` from layer captures ``G = Σ_t δ_t ãᵀ_t`` instead of vmap.
+
+    The same blocks as :func:`wherefrom.gradients.iter_gradient_blocks`, for tasks whose selected parameters all
+    belong to Linear/Conv2d layers (see :func:`uses_layer_gradients`); one forward and backward pass per batch plus
+    the outer products, many times faster than vmap over small layers on CPU.
+    """
+    start = 0
+    with task.attribution_mode():
+        for k, batch in enumerate(track(loader, f"{what} gradients", len(loader), progress)):
+            batch = task.prepare_batch(batch)
+            if k == 0:
+                task.check_per_example(fn, state, batch, what)
+            block = flat_from_layers(task, capture_layers(task, state, batch, fn))
+            if not bool(torch.isfinite(block.sum())):
+                check_finite(block, start, what)
+            yield start, block
+            start += block.shape[0]
+
+
+def uses_layer_gradients(task: Task, gradients: str) -> bool:
+    """Whether ``gradients`` (``"auto"``, ``"vmap"`` or ``"layers"``) selects layer captures for ``task``."""
+    if gradients not in ("auto", "vmap", "layers"):
+        raise WherefromError(f"gradients must be 'auto', 'vmap' or 'layers', got {gradients!r}.")
+    if gradients == "vmap":
+        return False
+    layers = kronecker_layers(task)
+    covered = bool(layers) and not uncovered_params(task, layers)
+    if gradients == "layers" and not covered:
+        raise WherefromError("gradients='layers' needs every selected parameter to belong to a Linear or Conv2d "
+                             "layer; use gradients='vmap'.")
+    return covered and not task.train_mode_modules
 
 
 class KernelSolve:
@@ -82,6 +119,9 @@ class TRAK(GradientAttributor):
             ``project(block, model_index)``; model ``s`` uses matrix index ``s``.
         damping: ``λ`` added to ``ΦᵀΦ`` (absolute, on the sum-reduced kernel of projected features).
         seed: projection seed.
+        gradients: how per-example gradients are computed: ``"auto"`` (default: from layer captures when every
+            selected parameter belongs to a Linear/Conv2d layer, else vmap), ``"vmap"`` or ``"layers"``. Both give
+            the same gradients; captures are much faster on CPU.
         target: what is explained on test points: ``"margin"`` (default, as in the paper), ``"task"`` (the task's
             ``target_fn``) or a callable ``f(outputs, batch) -> [B]``.
     The remaining keyword arguments are those of :class:`GradientAttributor`.
@@ -90,7 +130,7 @@ class TRAK(GradientAttributor):
     def __init__(
         self, task: Task, proj_dim: int = 512, checkpoints: Sequence[Checkpoint] | None = None, *,
         projection: Projection | str = "rademacher", damping: float = 0.0, seed: int = 0,
-        target: str | Callable = "margin", batch_size: int = 256, memory_gb: float = 2.0,
+        target: str | Callable = "margin", gradients: str = "auto", batch_size: int = 256, memory_gb: float = 2.0,
         cache_dir: str | None = None, progress: bool | None = None,
     ) -> None:
         if damping < 0:
@@ -102,6 +142,7 @@ class TRAK(GradientAttributor):
         self.checkpoints = list(checkpoints) if checkpoints is not None else list(task.checkpoints)
         self.damping = float(damping)
         self.seed = seed
+        self.use_layers = uses_layer_gradients(task, gradients)
         if target == "margin":
             self.test_fn = targets.margin
         elif target == "task":
@@ -123,7 +164,11 @@ class TRAK(GradientAttributor):
     def _feature_blocks(self, c: int, loader: DataLoader, fn=None, what: str = "train margin"):
         if fn is None:  # training features: margin gradients, not loss gradients
             fn, what = targets.margin, "train margin"
-        yield from super()._feature_blocks(c, loader, fn, what)
+        if not self.use_layers:
+            yield from super()._feature_blocks(c, loader, fn, what)
+            return
+        for start, block in layer_gradient_blocks(self.task, loader, self._states[c], fn, what, self.progress):
+            yield start, self._featurize(c, block)
 
     def _transform_query(self, c: int, Q: torch.Tensor) -> torch.Tensor:
         return self.kernels_[c].solve(Q)
