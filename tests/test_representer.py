@@ -66,7 +66,7 @@ def test_predicted_class_and_self_influence():
         ft = torch.cat([model[:2](test[0]), torch.ones(9, 1, dtype=torch.float64)], 1)
     torch.testing.assert_close(scores.sum(0), (ft @ rps.theta_.T)[torch.arange(9), pred], rtol=1e-8, atol=1e-8)
     si = rps.self_influence()
-    expected = rps.alpha_[torch.arange(60), train[1]] * rps.features_.pow(2).sum(1)
+    expected = rps.alpha_[torch.arange(60), train[1]].abs() * rps.features_.pow(2).sum(1)
     torch.testing.assert_close(si, expected)
 
 

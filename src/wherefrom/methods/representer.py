@@ -223,7 +223,11 @@ class RepresenterPoints(Attributor):
             yield start, a[:, cls] * (f @ ft.T)
 
     def self_influence(self) -> torch.Tensor:
-        """``α_{i, y_i} ‖f̃_i‖²``: training point ``i``'s representer value on itself for its own label, ``[n]``."""
+        """``|α_{i, y_i}| ‖f̃_i‖²``: the magnitude of training point ``i``'s representer value on itself, ``[n]``.
+
+        A mislabelled point is fitted against its own label, so its signed value ``α_{i, y_i}`` is large and
+        *negative*; like Yeh et al.'s data debugging, ranking uses the magnitude so that larger = more suspicious.
+        """
         self._require_fit()
         a = self.alpha_.gather(1, self.train_labels_[:, None])[:, 0]  # type: ignore[union-attr]
-        return a * self.features_.pow(2).sum(1)  # type: ignore[union-attr]
+        return a.abs() * self.features_.pow(2).sum(1)  # type: ignore[union-attr]
