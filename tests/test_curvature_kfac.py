@@ -209,3 +209,18 @@ def test_saved_factors_give_identical_solves_without_refitting(tmp_path):
     torch.testing.assert_close(second.score((X[:4], y[:4])), first.score((X[:4], y[:4])), rtol=0, atol=0)
     other = wf.InfluenceFunction(task, solver="ekfac", damping=0.5, cache_dir=str(tmp_path / "c")).fit((X, y))
     assert not other.solver_loaded_  # different damping: refitted, not silently reused
+
+
+def test_diagonal_fallback_with_exact_gauss_newton_samples():
+    torch.manual_seed(0)
+    model = ConvEmb().double()
+    n = 8
+    X = torch.cat([torch.randn(n, 16, dtype=torch.float64), torch.randint(0, 6, (n, 3)).double()], 1)
+    y = torch.randint(0, 3, (n,))
+    task = wf.Task(model)
+    obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=5), task.state(), curvature="ggn")
+    with pytest.warns(UserWarning, match="diagonal"):
+        solver = KFACSolver(damping=0.0).fit(obj)
+    k = task.param_slices()["scale"].start
+    assert float(solver.diagonal_["scale"]["values"][0]) == pytest.approx(float(dense_ggn(task, X, y)[k, k]),
+                                                                          rel=1e-10)

@@ -18,3 +18,12 @@ def test_registered_curvature_methods_score(name):
     assert scores.shape == (16, 3) and torch.isfinite(scores).all()
     # a training point is, on average, a proponent of itself
     assert float(torch.diagonal(scores[:3]).mean()) > 0
+
+
+def test_relative_damping_only_where_a_solver_defines_it():
+    task = wf.Task(mlp())
+    for name in ("kfac", "ekfac", "datainf"):
+        wf.InfluenceFunction(task, solver=name, damping=None)
+    for name in ("explicit", "cg", "lissa", "arnoldi"):
+        with pytest.raises(wf.WherefromError, match="no relative damping"):
+            wf.InfluenceFunction(task, solver=name, damping=None)

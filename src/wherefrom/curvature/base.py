@@ -21,6 +21,9 @@ class Solver:
     name: str = "solver"
 
     def __init__(self, damping: float = 0.0) -> None:
+        if damping is None:
+            raise WherefromError(f"The {self.name} solver has no relative damping default; pass a number "
+                                 "(damping=None is accepted by kfac, ekfac and datainf).")
         if damping < 0:
             raise WherefromError(f"damping must be >= 0, got {damping}.")
         self.damping = float(damping)
@@ -102,5 +105,7 @@ def make_solver(name: str | Solver, damping: float, **options: Any) -> Solver:
         raise unknown_name("solver", name, list(SOLVERS))
     try:
         return SOLVERS[name](damping=damping, **options)
+    except WherefromError:
+        raise
     except TypeError as exc:
         raise WherefromError(f"Bad options for the {name!r} solver: {exc}") from exc

@@ -271,6 +271,10 @@ class KFACSolver(Solver):
                     QS, QA = rot[name]
                     d_rot = io.delta @ QS  # [B, T, d_out]: (Q_Sᵀ δ_t) for every position
                     a_rot = io.a @ QA  # [B, T, d_in(+1)]
+                    if d_rot.shape[1] == 1:  # one position: (Q_Sᵀ δ ãᵀ Q_A)² = (Q_Sᵀδ)² ((Q_Aᵀã)²)ᵀ, a matmul
+                        lam[name] += (d_rot[:, 0].to(torch.float64).pow(2).T
+                                      @ a_rot[:, 0].to(torch.float64).pow(2))
+                        continue
                     for c0 in range(0, d_rot.shape[0], self.chunk):
                         R = torch.einsum("bto,bti->boi", d_rot[c0: c0 + self.chunk], a_rot[c0: c0 + self.chunk])
                         lam[name] += R.to(torch.float64).pow(2).sum(0)
