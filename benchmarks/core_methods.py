@@ -54,7 +54,7 @@ def build(method: str, model, checkpoints, lr):
     if method == "if-cg":
         return wf.InfluenceFunction(task, solver="cg", damping=1e-3, max_iter=100, tol=1e-6)
     if method == "if-lissa":
-        return wf.InfluenceFunction(task, solver="lissa", damping=1e-3, depth=200, batch_size=500)
+        return wf.InfluenceFunction(task, solver="lissa", damping=1e-3, depth=200, hvp_batch_size=500)
     if method == "tracin":
         return wf.TracInCP(task, checkpoints=checkpoints, learning_rates=lr)
     if method == "grad-dot":

@@ -111,9 +111,9 @@ def main() -> None:
         ll = ["fc2"]
         ref = run("last-layer", "if-explicit", ll, "explicit", damping=lam)
         run("last-layer", "if-cg (≤50 it.)", ll, "cg", ref, damping=lam, max_iter=50, tol=1e-6)
-        # LiSSA's own batch_size collides with the attributor's, so the solver is passed as an instance
-        run("last-layer", "if-lissa (depth 200, b=256)", ll, LissaSolver(damping=lam, depth=200, batch_size=256), ref,
-            damping=lam)
+        # the LiSSA solver is passed as an instance
+        lissa = LissaSolver(damping=lam, depth=200, hvp_batch_size=256)
+        run("last-layer", "if-lissa (depth 200, b=256)", ll, lissa, ref, damping=lam)
         run("last-layer", "if-arnoldi (k=50, K=100)", ll, "arnoldi", ref, damping=lam, rank=50, iterations=100)
         run("last-layer", "if-arnoldi (k=200, K=400)", ll, "arnoldi", ref, damping=lam, rank=200, iterations=400)
         run("last-layer", "if-kfac (λ=0.01)", ll, "kfac", ref, damping=lam)

@@ -97,7 +97,7 @@ def test_cg_and_lissa_residuals_are_the_true_residuals():
     Xc = cg.solve(V)
     torch.testing.assert_close(cg.residuals_, true_res(Xc), rtol=1e-6, atol=1e-12)
     assert float(cg.residuals_.max()) > 1e-6  # only 5 iterations: not converged, and it says so
-    lis = LissaSolver(damping=0.1, depth=30, batch_size=24).fit(obj)
+    lis = LissaSolver(damping=0.1, depth=30, hvp_batch_size=24).fit(obj)
     Xl = lis.solve(V)
     torch.testing.assert_close(lis.residuals_, true_res(Xl), rtol=1e-8, atol=1e-12)
 

@@ -53,7 +53,7 @@ def test_lissa_full_batch_equals_explicit_solve(problem):
     obj, V = problem
     damping = 0.05
     exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
-    lissa = LissaSolver(damping=damping, batch_size=obj.n).fit(obj)  # b = n: the deterministic Neumann series
+    lissa = LissaSolver(damping=damping, hvp_batch_size=obj.n).fit(obj)  # b = n: the deterministic Neumann series
     torch.testing.assert_close(lissa.solve(V), exact, rtol=1e-6, atol=1e-8)
 
 
@@ -61,7 +61,7 @@ def test_lissa_minibatch_converges_in_mean(problem):
     obj, V = problem
     damping = 0.05
     exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
-    approx = LissaSolver(damping=damping, batch_size=20, repeats=16, depth=300).fit(obj).solve(V)
+    approx = LissaSolver(damping=damping, hvp_batch_size=20, repeats=16, depth=300).fit(obj).solve(V)
     rel = (approx - exact).norm() / exact.norm()
     assert rel < 0.1, f"relative error {rel:.3f}"
 
@@ -71,14 +71,14 @@ def test_lissa_damping_means_the_same_as_other_solvers(problem):
     for damping in (0.0, 0.5):
         exact = torch.linalg.solve(obj.A + damping * torch.eye(obj.p, dtype=torch.float64), V.T).T
         for scale in (None, 50.0):
-            got = LissaSolver(damping=damping, batch_size=obj.n, scale=scale, depth=20000).fit(obj).solve(V)
+            got = LissaSolver(damping=damping, hvp_batch_size=obj.n, scale=scale, depth=20000).fit(obj).solve(V)
             torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-7)
 
 
 def test_lissa_too_small_scale_raises(problem):
     obj, V = problem
     with pytest.raises(wf.NonFiniteGradientError, match="diverged"):
-        LissaSolver(damping=0.0, batch_size=obj.n, scale=1e-3, depth=500).fit(obj).solve(V)
+        LissaSolver(damping=0.0, hvp_batch_size=obj.n, scale=1e-3, depth=500).fit(obj).solve(V)
 
 
 def test_objective_hessian_equals_autograd_hessian():

@@ -27,19 +27,19 @@ class LissaSolver(Solver):
 
     Args:
         damping: absolute ``λ``. depth: recursion depth ``T``. repeats: runs averaged (``r``).
-        batch_size: examples per mini-batch Hessian (``b``). scale: ``s`` (``None``: estimated).
+        hvp_batch_size: examples per mini-batch Hessian (``b``). scale: ``s`` (``None``: estimated).
         scale_margin: safety factor on the estimated top eigenvalue. seed: mini-batch sampling seed.
         check_residuals: after each solve, measure ``residuals_`` ``= ‖v − (H+λI)x‖/‖v‖`` per right-hand side
             (one batched full-data HVP) and log the largest.
     """
 
     def __init__(
-        self, damping: float = 0.0, depth: int = 1000, repeats: int = 1, batch_size: int = 256,
+        self, damping: float = 0.0, depth: int = 1000, repeats: int = 1, hvp_batch_size: int = 256,
         scale: float | None = None, scale_margin: float = 2.0, seed: int = 0, progress: bool | None = None,
         check_residuals: bool = True,
     ):
         super().__init__(damping)
-        self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
+        self.depth, self.repeats, self.hvp_batch_size = depth, repeats, hvp_batch_size
         self.scale, self.scale_margin, self.seed, self.progress = scale, scale_margin, seed, progress
         self.scale_: float | None = None
         self.update_norms_: list[float] = []
@@ -61,7 +61,7 @@ class LissaSolver(Solver):
         s = float(self.scale_)  # type: ignore[arg-type]
         delta = self.damping / s
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        b = min(self.batch_size, obj.n)
+        b = min(self.hvp_batch_size, obj.n)
         total = torch.zeros_like(V)
         steps = range(self.repeats * self.depth)
         bar = iter(track(steps, "LiSSA recursion", len(steps), self.progress))
@@ -76,7 +76,7 @@ class LissaSolver(Solver):
                 if not torch.isfinite(torch.tensor(norm)) or norm > 1e8 * max(v_norm, 1e-30) * max(s, 1.0):
                     raise NonFiniteGradientError(
                         f"LiSSA diverged (‖h‖ = {norm:.3g}). Use a larger scale (now {s:.3g}), more damping, "
-                        "or a larger batch_size."
+                        "or a larger hvp_batch_size."
                     )
             self.update_norms_.append(norm)
             total += h / s

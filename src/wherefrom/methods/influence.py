@@ -40,8 +40,8 @@ class InfluenceFunction(GradientAttributor):
         check_curvature: after fitting, estimate the extreme eigenvalues of the curvature (30 Lanczos steps) and
             warn when ``C + λI`` is indefinite or badly conditioned; the result is in ``curvature_report_``.
         **solver_options: passed to the solver (e.g. ``max_iter``/``tol`` for CG, ``depth``/``repeats``/
-            ``scale`` for LiSSA, ``rank``/``iterations`` for Arnoldi). LiSSA's ``batch_size`` has the name of the
-            attributor's own ``batch_size``: to set it, pass ``solver=LissaSolver(damping, batch_size=...)``.
+            ``scale`` for LiSSA, ``rank``/``iterations`` for Arnoldi). LiSSA's mini-batch size is ``hvp_batch_size``
+            (``batch_size`` is the attributor's own gradient block size).
     The remaining keyword arguments are those of :class:`GradientAttributor` (``batch_size``, ``memory_gb``,
     ``cache_dir``, ``progress``). With ``cache_dir``, solvers with factors (Arnoldi, K-FAC, EK-FAC, DataInf)
     save them there after fitting and a later ``fit`` on the same checkpoint, data size, curvature and damping
