@@ -10,10 +10,11 @@ tensor problem ``W ∈ R^{K×(D+1)×C}``.
 
 Solver: batched L-BFGS whose initial inverse-Hessian approximation is the fixed symmetric positive-definite
 ``P = H_ref⁻¹`` (the inverse Hessian of the reference model's objective at its optimum), warm-started at the
-reference optimum, with a per-model Armijo backtracking step. ``P`` only sets the speed: the fixed point is ``∇R_k(W) = 0`` for each model's *own*
-objective, and every model is iterated until ``‖∇R_k‖₂ ≤ tol`` (checked on the true gradient), so the result is
-the exact optimum of model ``k`` to that tolerance — not a one-step (influence-function) approximation.
-(The first iterate of a LOO model equals the IF prediction; the following ones remove its error.)
+reference optimum, with a per-model Armijo backtracking step. ``P`` only sets the speed: the fixed point is
+``∇R_k(W) = 0`` for each model's *own* objective, and every model is iterated until ``‖∇R_k‖₂ ≤ tol``
+(checked on the true gradient), so the result is the exact optimum of model ``k`` to that tolerance — not a
+one-step (influence-function) approximation. (For LOO models the first step is a Newton step at the reference
+optimum, see :func:`loo_correction`; the following ones remove its error.)
 
 Flat parameter order inside this module is ``W.reshape(-1)``, index ``a·C + c`` (input feature ``a``, class ``c``).
 """
