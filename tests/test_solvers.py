@@ -108,3 +108,10 @@ def test_unknown_solver_name_lists_choices():
         make_solver("newton", damping=0.1)
     with pytest.raises(wf.UnknownNameError, match="Unknown solver 'newtonn'"):
         wf.InfluenceFunction(wf.Task(nn.Linear(2, 2)), solver="newtonn")
+
+
+def test_cg_on_indefinite_curvature_raises_clear_error(problem):
+    obj, V = problem
+    obj.A = obj.A - 2.0 * float(torch.linalg.eigvalsh(obj.A)[0] + 1.0) * torch.eye(obj.p, dtype=torch.float64)
+    with pytest.raises(wf.NonPositiveDefiniteError, match="curvature='ggn'"):
+        CGSolver(damping=0.0).fit(obj).solve(V)

@@ -14,6 +14,7 @@ from wherefrom.errors import (
     DataOrderError,
     LossReductionError,
     NonFiniteGradientError,
+    NonPositiveDefiniteError,
     UnknownNameError,
     WherefromError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
+    "NonPositiveDefiniteError",
     "ProjectedInfluence",
     "RandomProjection",
     "RelatIF",

@@ -23,6 +23,10 @@ class CheckpointMismatchError(WherefromError):
     """A checkpoint does not fit the model (missing keys, unexpected keys or wrong shapes)."""
 
 
+class NonPositiveDefiniteError(WherefromError):
+    """A solver that needs a positive-definite damped curvature met a direction of negative curvature."""
+
+
 class UnknownNameError(WherefromError):
     """A method, solver or option name is not one wherefrom knows."""
 

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from wherefrom.curvature.base import Solver, register_solver
+from wherefrom.errors import NonPositiveDefiniteError
 from wherefrom.progress import track
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,18 @@ class CGSolver(Solver):
         rr = (R * R).sum(1)
         active = torch.ones(V.shape[0], dtype=torch.bool, device=V.device)
         it = 0
-        for it in track(range(1, self.max_iter + 1), "CG iterations", self.max_iter, self.progress):  # noqa: B007
+        for it in track(range(1, self.max_iter + 1), "CG iterations", self.max_iter, self.progress):
             idx = torch.nonzero(active).flatten()
             AD = self._apply(D[idx])
             dAd = (D[idx] * AD).sum(1)
             if bool((dAd <= 0).any()):
-                log.warning("CG met non-positive curvature d·(H+λI)d <= 0: H + λI is not positive definite; "
-                            "increase damping.")
-                dAd = dAd.clamp_min(torch.finfo(V.dtype).tiny)
+                worst = float((dAd / (D[idx] * D[idx]).sum(1)).min())
+                raise NonPositiveDefiniteError(
+                    f"CG met negative curvature (dᵀ(C+λI)d / dᵀd = {worst:.3g} at iteration {it}): the damped "
+                    f"curvature is not positive definite with damping {self.damping:g}. Increase damping above the "
+                    "most negative eigenvalue (see wherefrom.curvature.diagnostics), or use a positive "
+                    "semi-definite curvature: InfluenceFunction(..., curvature='ggn')."
+                )
             alpha = rr[idx] / dAd
             X[idx] += alpha.unsqueeze(1) * D[idx]
             R[idx] -= alpha.unsqueeze(1) * AD
