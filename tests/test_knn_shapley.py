@@ -11,15 +11,6 @@ from wherefrom.errors import WherefromError
 from wherefrom.methods.knn_shapley import knn_shapley_values
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _utility(subset, dist, y_train, y_test, K):
     if not subset:
         return 0.0

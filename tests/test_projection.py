@@ -11,15 +11,6 @@ from wherefrom.errors import WherefromError
 from wherefrom.gradients import collect_gradients
 from wherefrom.projection import IdentityProjection, MatrixProjection, RandomProjection, make_projection
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 KINDS = ["gaussian", "rademacher", "sparse"]
 
 

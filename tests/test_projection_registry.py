@@ -8,15 +8,6 @@ import wherefrom as wf
 from wherefrom.errors import WherefromError
 from wherefrom.registry import MethodContext, make_method, method_names
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 NAMES = ["trak", "trak-1", "trak-10", "trak-50", "logra", "logra-kfac", "rps", "knn-shapley", "tracin-proj",
          "grad-dot-proj", "if-proj"]
 

@@ -10,15 +10,6 @@ import wherefrom as wf
 from wherefrom.errors import WherefromError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two contending threads made small kernels ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _margin_grads(model, state, X, y):
     """Per-example gradients of logit_y − logsumexp_{c≠y} logit_c, one example at a time."""
     names = [n for n, _ in model.named_parameters()]

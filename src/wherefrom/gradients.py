@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch.func import grad, vmap
 from torch.utils.data import DataLoader
-from torch.utils.data._utils.collate import default_collate  # noqa: F401  (re-exported for helpers)
 
 from wherefrom.data.loaders import batch_length
 from wherefrom.errors import NonFiniteGradientError

@@ -167,15 +167,6 @@ class Task:
         check_checkpoint(loaded, current)
         return {k: loaded[k].detach().to(device=current[k].device, dtype=current[k].dtype) for k in current}
 
-    def checkpoint_states(self, checkpoints: Sequence[Checkpoint] | None = None) -> Iterator[dict]:
-        """Yield the full state of each checkpoint (the task's by default; the current model if there are none)."""
-        cks = list(checkpoints) if checkpoints is not None else self.checkpoints
-        if not cks:
-            yield self.state(None)
-            return
-        for ck in cks:
-            yield self.state(ck)
-
     # ------------------------------------------------------------------ evaluation
     @property
     def target_sign(self) -> float:

@@ -69,11 +69,8 @@ class MetricResult:
                 "n_test": int(self.per_test.size)}
 
 
-def pearson_columns(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """Pearson correlation of each column pair ``(a[:, j], b[:, j])``, ``[m]``; NaN where a column is constant.
-
-    ``ρ_j = Σ_r (a_rj − ā_j)(b_rj − b̄_j) / √(Σ_r (a_rj − ā_j)² · Σ_r (b_rj − b̄_j)²)``.
-    """
+def _paired_columns(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as 2-D float arrays of one shape (vectors become single columns)."""
     A, B = _np(a, "a"), _np(b, "b")
     if A.ndim == 1:
         A = A[:, None]
@@ -81,6 +78,15 @@ def pearson_columns(a: ArrayLike, b: ArrayLike) -> np.ndarray:
         B = B[:, None]
     if A.shape != B.shape:
         raise WherefromError(f"Cannot correlate arrays of shapes {A.shape} and {B.shape}: they must be equal.")
+    return A, B
+
+
+def pearson_columns(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """Pearson correlation of each column pair ``(a[:, j], b[:, j])``, ``[m]``; NaN where a column is constant.
+
+    ``ρ_j = Σ_r (a_rj − ā_j)(b_rj − b̄_j) / √(Σ_r (a_rj − ā_j)² · Σ_r (b_rj − b̄_j)²)``.
+    """
+    A, B = _paired_columns(a, b)
     if A.shape[0] < 2:
         raise WherefromError(f"Correlation needs at least 2 rows, got {A.shape[0]}.")
     scale_a, scale_b = np.abs(A).max(0), np.abs(B).max(0)
@@ -97,13 +103,7 @@ def pearson_columns(a: ArrayLike, b: ArrayLike) -> np.ndarray:
 
 def spearman_columns(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """Spearman correlation of each column pair: Pearson of the average ranks (ties share their mean rank)."""
-    A, B = _np(a, "a"), _np(b, "b")
-    if A.ndim == 1:
-        A = A[:, None]
-    if B.ndim == 1:
-        B = B[:, None]
-    if A.shape != B.shape:
-        raise WherefromError(f"Cannot correlate arrays of shapes {A.shape} and {B.shape}: they must be equal.")
+    A, B = _paired_columns(a, b)
     return pearson_columns(stats.rankdata(A, axis=0), stats.rankdata(B, axis=0))
 
 
