@@ -25,8 +25,8 @@ from torch import nn
 
 import wherefrom as wf
 from wherefrom.gradients import iter_gradient_blocks
-from wherefrom.sources import FullGradients, feature_blocks
 from wherefrom.projection import RandomProjection
+from wherefrom.sources import FullGradients, feature_blocks
 
 
 def mnist_mlp() -> nn.Module:

@@ -31,6 +31,7 @@ from wherefrom.errors import WherefromError
 FORMAT = 1
 CONFIG_FILE = "config.json"
 TENSOR_FILE = "tensors.safetensors"
+_EMPTY = "__empty__"
 
 
 class UnresolvedCallableError(WherefromError):
@@ -120,14 +121,18 @@ def write_tensors(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     """Write ``tensors`` to a safetensors file atomically (through a temporary file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+    payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    payload.setdefault(_EMPTY, torch.zeros(1))  # safetensors cannot read back a file without tensors
+    save_file(payload, tmp, metadata=dict(metadata or {}))
     os.replace(tmp, path)
 
 
 def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file."""
     with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+        # cloned into fresh (aligned) storage: BLAS may round differently on unaligned data
+        tensors = {k: fh.get_tensor(k).clone() for k in fh.keys() if k != _EMPTY}  # noqa: SIM118
+        return tensors, dict(fh.metadata() or {})
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints

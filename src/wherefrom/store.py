@@ -64,7 +64,7 @@ def read_store(path: str, device: torch.device | str = "cpu", block_size: int = 
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return MemoryStore(load_file(path)["features"].to(device), block_size)
+        return MemoryStore(load_file(path)["features"].clone().to(device), block_size)
     return DiskStore(path, device, block_size)
 
 

@@ -109,12 +109,18 @@ class CurvatureOperator:
             v = w / norm
         return lam
 
-    def trace_estimate(self, probes: int = 16, seed: int = 0) -> float:
-        """``tr(C_data)``, the trace of the data term (without ``wd·I``): Hutchinson's estimate with ``probes``
-        seeded Rademacher vectors (exact where a subclass knows better)."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        Z = (torch.randint(0, 2, (probes, self.p), generator=gen) * 2 - 1).to(dtype=self.dtype, device=self.device)
-        return float((Z * self.hvp(Z)).sum(1).mean()) - self.weight_decay * self.p
+    def trace_estimate(self, probes: int = 64, seed: int = 0) -> float:
+        """``tr(C_data)``, the trace of the data term (without ``wd·I``): exact (``p`` products with unit vectors)
+        when ``p <= probes``, else Hutchinson's estimate with ``probes`` seeded Rademacher vectors."""
+        if self.p <= probes:
+            Z = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            Z = (torch.randint(0, 2, (probes, self.p), generator=gen) * 2 - 1).to(dtype=self.dtype,
+                                                                                   device=self.device)
+        quad = (Z * self.hvp(Z)).sum(1)
+        total = float(quad.sum()) if self.p <= probes else float(quad.mean())  # E[zᵀCz] = tr(C)
+        return total - self.weight_decay * self.p
 
     # ------------------------------------------------------------------ data
     def feature_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -226,7 +232,7 @@ class FeatureSpace(CurvatureOperator):
             C += F.T @ F
         return C / self.n + self.weight_decay * torch.eye(self.p, dtype=self.dtype, device=self.device)
 
-    def trace_estimate(self, probes: int = 16, seed: int = 0) -> float:
+    def trace_estimate(self, probes: int = 64, seed: int = 0) -> float:
         if self.curvature != "empirical_fisher":
             return super().trace_estimate(probes, seed)
         return sum(float(F.to(torch.float64).pow(2).sum()) for _, F in self.feature_blocks()) / self.n

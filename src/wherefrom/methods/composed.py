@@ -215,7 +215,9 @@ class ComposedAttributor(Attributor):
             path = os.path.join(ex.cache_dir, f"train_features_{c}.npy")
             return DiskStore.open_or_build(path, self._store_key(c, n), blocks(), n, dim, dtype, device,
                                            ex.rows_per_block)
-        return RecomputeStore(blocks, n, dim)
+        store = RecomputeStore(blocks, n, dim)
+        store.block_size = ex.batch_size  # its blocks are the batches (saved and reloaded with the same rows)
+        return store
 
     def _space(self, c: int, loader: DataLoader | None, store: FeatureStore | None) -> Any:
         wd = self.task.weight_decay if self.weight_decay else 0.0

@@ -36,7 +36,7 @@ from wherefrom.batches import batch_loop
 from wherefrom.data.loaders import DataLike, as_loader
 from wherefrom.errors import WherefromError
 from wherefrom.execution import Execution, resolve_execution
-from wherefrom.layers.tracking import last_linear_layer
+from wherefrom.layers import last_linear_layer, param_name
 from wherefrom.methods.base import Attributor
 from wherefrom.task import Task
 
@@ -172,8 +172,8 @@ class RepresenterPoints(Attributor):
         y = F.softmax(logits, dim=1) if self.labels == "model" else F.one_hot(labels, logits.shape[1]).to(f.dtype)
         module = dict(self.task.model.named_modules())[self.last_layer]
         state = self.task.state(None)
-        W = state[f"{self.last_layer}.weight"].to(torch.float64)
-        theta0 = torch.cat([W, state[f"{self.last_layer}.bias"].to(torch.float64)[:, None]], 1) \
+        W = state[param_name(self.last_layer, "weight")].to(torch.float64)
+        theta0 = torch.cat([W, state[param_name(self.last_layer, "bias")].to(torch.float64)[:, None]], 1) \
             if module.bias is not None else W
         theta = theta0.clone().requires_grad_(True)
         opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
