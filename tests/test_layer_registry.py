@@ -105,3 +105,31 @@ def test_layers_that_cannot_be_captured_fall_back_to_vmap():
     assert not auto.use_layers  # switched to vmap at the first batch
     with pytest.raises(LayerCaptureError, match="more than once"):
         _features(FullGradients("layers"), task, (X, y))
+
+
+class Conv1D(nn.Module):
+    """A stand-in with the class path and forward of ``transformers.pytorch_utils.Conv1D`` (GPT-2)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = (*x.size()[:-1], self.nf)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+Conv1D.__module__ = "transformers.pytorch_utils"
+
+
+def test_gpt2_conv1d_is_registered_by_name():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 4), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double()
+    X, y = torch.randn(7, 3, 4, dtype=torch.float64), torch.randint(0, 3, (7,))  # a sequence of 3 positions
+    task = wf.Task(model)
+    layers = LayerSet(task)
+    assert layers.complete and type(layers.layers["0"]).__name__ == "GPT2Conv1DLayer"
+    torch.testing.assert_close(_features(FullGradients("layers"), task, (X, y)), loop_grads(task, X, y),
+                               rtol=1e-10, atol=1e-12)

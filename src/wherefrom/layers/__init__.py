@@ -18,7 +18,14 @@ from wherefrom.layers.base import (
     param_name,
     register_layer_type,
 )
-from wherefrom.layers.builtin import Conv1dLayer, Conv2dLayer, EmbeddingLayer, LayerNormLayer, LinearLayer
+from wherefrom.layers.builtin import (
+    Conv1dLayer,
+    Conv2dLayer,
+    EmbeddingLayer,
+    GPT2Conv1DLayer,
+    LayerNormLayer,
+    LinearLayer,
+)
 from wherefrom.layers.tracking import (
     LayerSet,
     capture_layers,
@@ -35,6 +42,7 @@ __all__ = [
     "DenseIO",
     "DenseLayer",
     "EmbeddingLayer",
+    "GPT2Conv1DLayer",
     "KroneckerLayer",
     "LayerCaptureError",
     "LayerIO",

@@ -21,10 +21,10 @@ Parameters that no registered layer type owns fall back to ``torch.func.vmap`` p
 curvature (see :mod:`wherefrom.layers.tracking`).
 
 Registering a layer type takes a few lines, e.g. GPT-2's ``Conv1D`` (``y = x W + b``, weight stored
-``[d_in, d_out]``)::
+``[d_in, d_out]``; built in, see :mod:`wherefrom.layers.builtin`)::
 
-    @wf.register_layer_type(transformers.pytorch_utils.Conv1D)
-    class GPT2Conv1D(wf.layers.LinearLayer):
+    @wf.register_layer_type("transformers.pytorch_utils:Conv1D")   # or the class itself
+    class GPT2Conv1DLayer(wf.layers.LinearLayer):
         transposed = True
         def dims(self):
             d_in, d_out = self.module.weight.shape
@@ -149,11 +149,13 @@ class LayerType:
     Subclasses are registered with :func:`register_layer_type`. Class attributes:
 
     - ``kronecker``: whether per-example gradients are Kronecker sums (:class:`KroneckerLayer`) or not;
-    - ``module_types``: the module classes it handles (set by :func:`register_layer_type`).
+    - ``module_types`` / ``module_names``: the module classes it handles, by class or by ``"module:QualName"``
+      (set by :func:`register_layer_type`).
     """
 
     kronecker: ClassVar[bool] = True
     module_types: ClassVar[tuple[type, ...]] = ()
+    module_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, module: nn.Module, owned: Sequence[str]) -> None:
         self.name = name
@@ -257,20 +259,27 @@ class DenseLayer(LayerType):
 LAYER_TYPES: list[type[LayerType]] = []
 
 
-def register_layer_type(*module_types: type):
+def _key(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_layer_type(*module_types: type | str):
     """Class decorator: make ``cls`` the layer type of ``module_types`` (and their subclasses).
 
-    Later registrations take precedence, so a project can replace a built-in rule. Every method that works with
-    layers (K-FAC, EK-FAC, LoGra, per-example gradients from captures) then handles those modules.
+    A module class may be named by ``"module:QualName"`` instead (e.g. ``"transformers.pytorch_utils:Conv1D"``), so
+    that a layer type can be registered without importing the library that defines the module. Later
+    registrations take precedence, so a project can replace a built-in rule. Every method that works with layers
+    (K-FAC, EK-FAC, LoGra, per-example gradients from captures) then handles those modules.
     """
-    if not module_types or not all(isinstance(t, type) for t in module_types):
-        raise WherefromError("register_layer_type needs one or more module classes, e.g. "
-                             "@register_layer_type(nn.Linear).")
+    if not module_types or not all(isinstance(t, (type, str)) for t in module_types):
+        raise WherefromError("register_layer_type needs one or more module classes (or 'module:QualName' names), "
+                             "e.g. @register_layer_type(nn.Linear).")
 
     def deco(cls: type[LayerType]) -> type[LayerType]:
         if not (isinstance(cls, type) and issubclass(cls, LayerType)):
             raise WherefromError("register_layer_type decorates a subclass of wherefrom.layers.LayerType.")
-        cls.module_types = tuple(module_types)
+        cls.module_types = tuple(t for t in module_types if isinstance(t, type))
+        cls.module_names = tuple(t for t in module_types if isinstance(t, str))
         if cls in LAYER_TYPES:
             LAYER_TYPES.remove(cls)
         LAYER_TYPES.insert(0, cls)
@@ -282,9 +291,10 @@ def register_layer_type(*module_types: type):
 def layer_type_for(module: nn.Module) -> type[LayerType] | None:
     """The registered layer type of ``module``: an exact class match first, then the latest matching base class."""
     for cls in LAYER_TYPES:
-        if type(module) in cls.module_types:
+        if type(module) in cls.module_types or _key(type(module)) in cls.module_names:
             return cls
+    bases = {_key(b) for b in type(module).__mro__}
     for cls in LAYER_TYPES:
-        if isinstance(module, cls.module_types):
+        if isinstance(module, cls.module_types) or bases.intersection(cls.module_names):
             return cls
     return None

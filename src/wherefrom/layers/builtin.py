@@ -1,4 +1,4 @@
-"""The built-in layer types: Linear, Conv1d, Conv2d, Embedding (Kronecker) and LayerNorm (dense).
+"""The built-in layer types: Linear, Conv1d, Conv2d, Embedding, GPT-2's Conv1D (Kronecker) and LayerNorm (dense).
 
 - **Linear** ``y_t = W x_t + b`` at positions ``t`` (any leading shape): ``a_t = x_t``, ``δ_t = ∂f/∂y_t``.
 - **Conv1d / Conv2d** are Linear layers on unfolded patches (im2col): ``a_t`` is the input patch at output position
@@ -9,6 +9,8 @@
   weight is stored ``[num_embeddings, dim]``, *transposed* with respect to the gradient matrix. The one-hot inputs
   are materialised, so this suits vocabularies of moderate size. ``max_norm``, ``scale_grad_by_freq`` and
   ``sparse`` fall back.
+- **GPT-2 Conv1D** (``transformers.pytorch_utils.Conv1D``, registered by name so that transformers is not
+  imported): ``y = x W + b`` with ``W`` stored ``[d_in, d_out]``, a transposed Linear layer.
 - **LayerNorm** ``y = x̂ ⊙ w + b`` with ``x̂ = (x − mean)/sqrt(var + eps)`` over the normalised dimensions: dense, with
   per-example gradients ``∂f/∂w = Σ_t δ_t ⊙ x̂_t`` and ``∂f/∂b = Σ_t δ_t`` computed from the captured input.
 """
@@ -105,6 +107,17 @@ class EmbeddingLayer(KroneckerLayer):
 
     def output_grads(self, g: torch.Tensor) -> torch.Tensor:
         return _rows(g)
+
+
+@register_layer_type("transformers.pytorch_utils:Conv1D")
+class GPT2Conv1DLayer(LinearLayer):
+    """Hugging Face GPT-2's ``Conv1D``: a Linear layer whose weight is stored ``[d_in, d_out]``."""
+
+    transposed = True
+
+    def dims(self) -> tuple[int, int]:
+        d_in, d_out = self.module.weight.shape
+        return d_in, d_out
 
 
 @register_layer_type(nn.LayerNorm)
