@@ -39,6 +39,14 @@ class UnresolvedCallableError(WherefromError):
 
 
 # ---------------------------------------------------------------------------------------------- values
+class TensorBag(dict):
+    """The tensors of one saved document; a tensor packed twice (same storage and view) is stored once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple, str] = {}
+
+
 def pack(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     """A JSON-able description of ``value``; its tensors are put in ``tensors`` under keys starting with ``prefix``."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -46,9 +54,14 @@ def pack(value: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if isinstance(value, torch.Tensor):
-        key = prefix
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
-        return {"__tensor__": key}
+        seen = getattr(tensors, "seen", None)
+        ident = (value.data_ptr(), value.dtype, tuple(value.shape), tuple(value.stride()), str(value.device))
+        if seen is not None and value.numel() and ident in seen:  # one copy of a tensor saved twice (checkpoints)
+            return {"__tensor__": seen[ident]}
+        tensors[prefix] = value.detach().to("cpu").contiguous().clone()
+        if seen is not None:
+            seen[ident] = prefix
+        return {"__tensor__": prefix}
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value).removeprefix("torch.")}
     if isinstance(value, torch.device):
@@ -189,7 +202,7 @@ def save_attributor(attributor: Any, path: str | os.PathLike) -> str:
 
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = TensorBag()
     cfg = attributor.config()
     init = {k: v for k, v in cfg["args"].items() if k != "task"}
     task = getattr(attributor, "task", None)

@@ -40,47 +40,45 @@ class LinearLayer(KroneckerLayer):
         return _rows(g)
 
 
-def _conv_unsupported(module: nn.Module) -> str | None:
-    if module.padding_mode != "zeros" or isinstance(module.padding, str):
-        return f"padding={module.padding!r}, padding_mode={module.padding_mode!r} (only numeric zero padding)"
-    if module.groups != 1:
-        return f"groups={module.groups} (only groups=1)"
-    return None
-
-
 @register_layer_type(nn.Conv2d)
 class Conv2dLayer(KroneckerLayer):
     """``nn.Conv2d`` through im2col (``F.unfold``)."""
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
-        return _conv_unsupported(module)
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return f"padding={module.padding!r}, padding_mode={module.padding_mode!r} (only numeric zero padding)"
+        if module.groups != 1:
+            return f"groups={module.groups} (only groups=1)"
+        return None
+
+    def geometry(self) -> tuple[tuple[int, int], ...]:
+        """``(kernel, dilation, padding, stride)`` of the 2-d unfold."""
+        m = self.module
+        return m.kernel_size, m.dilation, m.padding, m.stride
+
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)  # [B, C·k², L]
+        kernel, dilation, padding, stride = self.geometry()
+        cols = F.unfold(self.image(x), kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C·k, L]
         return cols.transpose(1, 2)
 
     def output_grads(self, g: torch.Tensor) -> torch.Tensor:
-        return g.flatten(2).transpose(1, 2)  # [B, C_out, H, W] -> [B, L, C_out]
+        return g.flatten(2).transpose(1, 2)  # [B, C_out, H, W] (or [B, C_out, L]) -> [B, L, C_out]
 
 
 @register_layer_type(nn.Conv1d)
-class Conv1dLayer(KroneckerLayer):
-    """``nn.Conv1d`` through im2col on a height-1 image."""
+class Conv1dLayer(Conv2dLayer):
+    """``nn.Conv1d`` as a Conv2d on a height-1 image."""
 
-    @classmethod
-    def unsupported(cls, module: nn.Module) -> str | None:
-        return _conv_unsupported(module)
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+    def geometry(self) -> tuple[tuple[int, int], ...]:
         m = self.module
-        cols = F.unfold(x.unsqueeze(2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
-                        padding=(0, m.padding[0]), stride=(1, m.stride[0]))  # [B, C·k, L]
-        return cols.transpose(1, 2)
+        return (1, m.kernel_size[0]), (1, m.dilation[0]), (0, m.padding[0]), (1, m.stride[0])
 
-    def output_grads(self, g: torch.Tensor) -> torch.Tensor:
-        return g.transpose(1, 2)  # [B, C_out, L] -> [B, L, C_out]
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(2)
 
 
 @register_layer_type(nn.Embedding)
