@@ -138,3 +138,13 @@ def test_composition_rejects_bad_parts():
         wf.ComposedAttributor(task, scale="per-example")
     with pytest.raises(wf.WherefromError, match="one per checkpoint"):
         wf.ComposedAttributor(task, checkpoints=[task.state()], weights=[1.0, 2.0])
+
+
+def test_last_layer_source_equals_a_task_restricted_to_that_layer():
+    model, train, test = all_layers_problem()
+    task = wf.Task(model, weight_decay=0.1)
+    last = wf.ComposedAttributor(task, wf.sources.LastLayerGradients(), "explicit", scale="1/n").fit(train)
+    head = wf.Task(model, params=["head"], weight_decay=0.1)
+    G, Q = loop_grads(head, *train), loop_grads(head, *test)
+    H = dense_hessian(head, *train)  # the last layer's block of the Hessian, without damping (λ = 0)
+    torch.testing.assert_close(last.score(test), G @ torch.linalg.solve(H, Q.T) / len(G), rtol=1e-8, atol=1e-12)

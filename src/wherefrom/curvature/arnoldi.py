@@ -172,9 +172,9 @@ class ArnoldiSolver(Preconditioner):
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         """``U diag(1/(μ+λ)) Uᵀ V`` for ``V`` ``[m, p]``."""
         evals, U = self._require_factors()
-        Vd = V.to(U.dtype)
+        Vd = V.to(device=U.device, dtype=U.dtype)
         coef = (Vd @ U.T) / (evals + self.effective_damping).to(U.dtype)
-        return (coef @ U).to(V.dtype)
+        return (coef @ U).to(device=V.device, dtype=V.dtype)
 
     def features(self, V: torch.Tensor) -> torch.Tensor:
         """Whitened projection ``diag((μ+λ)^{-1/2}) Uᵀ v`` of each row of ``V`` ``[m, p]`` → ``[m, k]``."""

@@ -41,9 +41,10 @@ class SymmetricSolve:
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         """``(K + λI)⁻¹ Vᵀ`` returned as ``[m, k]`` for ``V`` ``[m, k]``."""
-        B = V.to(torch.float64).T
+        factor = self._chol if self._chol is not None else self._pinv
+        B = V.to(device=factor.device, dtype=torch.float64).T
         X = torch.cholesky_solve(B, self._chol) if self._chol is not None else self._pinv @ B
-        return X.T.to(V.dtype).contiguous()
+        return X.T.to(device=V.device, dtype=V.dtype).contiguous()
 
 
 @register_solver("kernel")

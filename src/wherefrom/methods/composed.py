@@ -257,8 +257,11 @@ class ComposedAttributor(Attributor):
     def _fit_similarity(self, c: int) -> dict[str, torch.Tensor]:
         if not self.similarity.needs_self:
             return {}
-        precond = self.preconditioners_[c]
-        return self.similarity.fit((F, precond.solve(F)) for _, F in self._stores[c].blocks())
+        return self.similarity.fit((F, self._solve(c, F)) for _, F in self._stores[c].blocks())
+
+    def _solve(self, c: int, F: torch.Tensor) -> torch.Tensor:
+        """``P_c⁻¹`` applied to stored rows, computed on the model's device and returned to the rows' device."""
+        return self.preconditioners_[c].solve(F.to(self.task.device)).to(F.device)
 
     def fit(self, train: DataLike) -> ComposedAttributor:
         """Compute (or plan to stream) the training features at every checkpoint and fit the preconditioners."""
@@ -341,7 +344,7 @@ class ComposedAttributor(Attributor):
                 if "self_quadratic" in state:
                     quad = self._apply_scale(state["self_quadratic"][start: start + F.shape[0]].to(F.dtype))
                 else:
-                    quad = (F * self._apply_scale(self.preconditioners_[c].solve(F)).to(F.dtype)).sum(1)
+                    quad = (F * self._apply_scale(self._solve(c, F)).to(F.dtype)).sum(1)
                 factor = self.similarity.self_factor(state, start, F.shape[0])
                 term = self._weights[c] * (quad if factor is None else quad * factor.to(quad.dtype))
                 acc = term if acc is None else acc + term
