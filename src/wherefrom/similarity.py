@@ -45,9 +45,10 @@ class Similarity(Configurable):
         """``c`` ``[m]`` from queries ``Q`` and ``P⁻¹Q`` (or None for 1)."""
         return None
 
-    def self_factor(self, state: dict[str, torch.Tensor], start: int, size: int) -> torch.Tensor | None:
-        """``r_i · c(g_i)`` for training rows ``start .. start+size`` (``sim(g_i, g_i) = u(g_i, g_i) · factor``)."""
-        return None
+    def self_similarity(self, state: dict[str, torch.Tensor], start: int, quad: torch.Tensor,
+                        scale: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``s · sim(g_i, g_i)`` of training rows ``start ..`` from ``quad = s · u(g_i, g_i)`` (``scale`` is ``s·``)."""
+        return quad
 
 
 class Dot(Similarity):
@@ -82,9 +83,9 @@ class Cosine(Similarity):
     def query_factors(self, Q: torch.Tensor, TQ: torch.Tensor) -> torch.Tensor:
         return 1.0 / _quadratic(Q, TQ).clamp_min(CLAMP).sqrt()
 
-    def self_factor(self, state: dict[str, torch.Tensor], start: int, size: int) -> torch.Tensor:
-        row = state["row"][start: start + size]
-        return row * row
+    def self_similarity(self, state: dict[str, torch.Tensor], start: int, quad: torch.Tensor,
+                        scale: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return scale(torch.ones_like(quad))  # a vector's cosine with itself: self-influence cannot rank examples
 
 
 class RelativeInfluence(Similarity):
@@ -109,8 +110,9 @@ class RelativeInfluence(Similarity):
         _check_quadratic(quad, "RelatIF")
         return {"row": 1.0 / den, "denominators": den, "self_quadratic": quad}
 
-    def self_factor(self, state: dict[str, torch.Tensor], start: int, size: int) -> torch.Tensor:
-        return state["row"][start: start + size]
+    def self_similarity(self, state: dict[str, torch.Tensor], start: int, quad: torch.Tensor,
+                        scale: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return quad * state["row"][start: start + quad.shape[0]].to(quad.dtype)
 
 
 SIMILARITIES: dict[str, Callable[[], Similarity]] = {

@@ -40,6 +40,7 @@ from wherefrom.configurable import build, callable_name, config_key
 from wherefrom.curvature.base import Preconditioner, make_solver
 from wherefrom.curvature.damping import check_damping, damping_config
 from wherefrom.curvature.datainf import parameter_groups
+from wherefrom.curvature.gauss_newton import check_curvature
 from wherefrom.curvature.objective import TrainingObjective
 from wherefrom.curvature.space import FeatureSpace
 from wherefrom.data.loaders import DataLike, as_loader, dataset_size
@@ -111,7 +112,7 @@ class ComposedAttributor(Attributor):
         if not (scale == "1/n" or isinstance(scale, (int, float))):
             raise WherefromError(f"scale must be '1/n' or a number, got {scale!r}.")
         self.scale = scale
-        self.curvature = curvature
+        self.curvature = check_curvature(curvature) if curvature is not None else None
         self.weight_decay = bool(weight_decay)
         self.train_fn = train_fn
         self.test_fn = test_fn
@@ -345,8 +346,7 @@ class ComposedAttributor(Attributor):
                     quad = self._apply_scale(state["self_quadratic"][start: start + F.shape[0]].to(F.dtype))
                 else:
                     quad = (F * self._apply_scale(self._solve(c, F)).to(F.dtype)).sum(1)
-                factor = self.similarity.self_factor(state, start, F.shape[0])
-                term = self._weights[c] * (quad if factor is None else quad * factor.to(quad.dtype))
+                term = self._weights[c] * self.similarity.self_similarity(state, start, quad, self._apply_scale)
                 acc = term if acc is None else acc + term
             out.append(self._finish(start, acc.unsqueeze(1), 1.0)[:, 0])  # type: ignore[union-attr]
         return torch.cat(out)
