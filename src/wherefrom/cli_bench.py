@@ -61,6 +61,20 @@ def print_list() -> None:
     typer.echo(cost_table())
 
 
+def _say_estimate(setting: str, methods: str | None, metrics: str, log) -> None:
+    """One line with the rough cost of this run, from the shipped cost table (nothing if it has no numbers)."""
+    from wherefrom.bench.costs import estimate, fmt_seconds
+    from wherefrom.registry import method_names
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else method_names()
+    gt, total, missing = estimate(setting, names, [m.strip() for m in metrics.split(",")])
+    if gt == 0 and total == 0:
+        return
+    unknown = f"; no measurement for {', '.join(missing)}" if missing else ""
+    log(f"rough cost on a small CPU machine (see --list): ground truth {fmt_seconds(gt)} unless cached, "
+        f"methods {fmt_seconds(total)}{unknown}")
+
+
 def bench(
     setting: str | None = typer.Argument(None, help="Benchmark setting (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List settings, methods, metrics and their rough cost."),
@@ -114,6 +128,8 @@ def bench(
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
+    if not overrides:
+        _say_estimate(setting, methods, metrics, log)
     try:
         s = get_setting(setting, **overrides)
         loo_indices = list(range(loo_first)) if loo_first is not None else None

@@ -47,6 +47,12 @@ def method_seconds(setting: str, method: str) -> float | None:
     return float(m["fit_s"]) + float(m["score_s"]) * scale
 
 
+def measured_with_options(setting: str, method: str) -> bool:
+    """Whether the measurement used options other than the setting's defaults (e.g. a smaller CG budget)."""
+    entry = _entry(setting)
+    return bool(entry and entry["methods"].get(method, {}).get("options"))
+
+
 def ground_truth_seconds(setting: str, part: str) -> float | None:
     """Rough seconds to build one ground-truth part (``reference``, ``loo``, ``lds``, ``auc``) of ``setting``."""
     entry = _entry(setting)
@@ -82,8 +88,9 @@ def cost_table() -> str:
                                                 for s in settings))
     lines.append("  methods (fit + score, whole test set):")
     for method in method_names():
-        lines.append(f"    {method:28s}" + "".join(f"{fmt_seconds(method_seconds(s, method)):>{width}s}"
-                                                 for s in settings))
+        cells = [fmt_seconds(method_seconds(s, method)) + ("*" if measured_with_options(s, method) else " ")
+                 for s in settings]
+        lines.append(f"    {method:28s}" + "".join(f"{c:>{width}s}" for c in cells))
     lines += [f"  {note}" for note in costs.get("notes", [])]
     return "\n".join(lines)
 
