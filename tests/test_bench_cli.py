@@ -119,6 +119,13 @@ def test_bad_option_key_fails_before_any_work(tmp_path):
     res = runner.invoke(app, ["bench", *TINY, "--methods", "if-cg", "--option", "if-cgg.max_iter=3",
                               "--cache-dir", str(tmp_path)])
     assert res.exit_code == 2 and "if-cgg" in res.output and "'if-cg'" in res.output
+    res = runner.invoke(app, ["bench", *TINY, "--methods", "if-cg", "--option", "if-lissa.depth=3",
+                              "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "if-lissa" in res.output and "--methods" in res.output
+    res = runner.invoke(app, ["bench", *TINY, "--methods", "if-cg", "--option", "if-cg.damping=-1",
+                              "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "if-cg.damping=-1" in res.output
+    assert not list(tmp_path.rglob("*.pt"))
 
 
 def test_trak_m_names_the_flag_or_trains_what_it_needs(tmp_path):

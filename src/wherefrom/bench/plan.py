@@ -129,6 +129,7 @@ def plan_methods(setting: Setting, names: Sequence[str], options: dict[str, dict
         ensemble_size: ``--ensemble-size``; ``None`` = as many models as the methods need (at least 5).
     Raises:
         UnknownNameError: an option names a method that does not exist, or a key the method does not accept.
+        WherefromError: an option names a method that is not run.
         EnsembleSizeError: a method needs more models than an explicit ``ensemble_size``.
         WherefromError: a method cannot be built with these options (the message says why).
     """
@@ -137,6 +138,10 @@ def plan_methods(setting: Setting, names: Sequence[str], options: dict[str, dict
     for method in options:
         if method not in known:
             raise unknown_name("method in --option", method, known)
+        if method not in names:
+            raise WherefromError(f"--option {method}.{next(iter(options[method]), '')}=... is for {method!r}, "
+                                 f"which this run does not include (methods: {', '.join(names)}); add it to "
+                                 "--methods or drop the option.")
     if ensemble_size is not None and ensemble_size < 1:
         raise WherefromError(f"--ensemble-size must be at least 1, got {ensemble_size}.")
     dry = _DryRun(setting, target_fn, seed)
