@@ -8,7 +8,7 @@ Where the progress goes depends on what ``sys.stderr`` is:
 - a **terminal** (``isatty()``) or a Jupyter kernel: a tqdm bar, redrawn in place and removed when the loop ends;
 - anything else (a file, a pipe, a CI log): tqdm would write carriage returns and ANSI escape codes there, so
   instead :func:`track` writes **plain lines**, one every ``WHEREFROM_PROGRESS_INTERVAL`` seconds (default 30)
-  while a loop runs, and a final ``done`` line for a loop that printed any. A loop shorter than the interval writes
+  while a loop runs, and a final ``done`` line for a loop that lasted at least that long. A shorter loop writes
   nothing, so logs hold a heartbeat of the long loops only::
 
       [wherefrom] mnist-lr loo retraining (5000 models): 12/50 (24%), 31 s elapsed, ~98 s left
@@ -78,14 +78,14 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None, stream: TextIO, 
         yield item
         done += 1
         now = time.monotonic()
-        if now - last >= interval:
+        if now - last >= interval and (total is None or done < total):
             elapsed = now - start
             head = f"{done}/{total} ({100 * done / total:.0f}%)" if total else f"{done}"
             eta = f", ~{_fmt_s(elapsed / done * (total - done))} left" if total and done < total else ""
             stream.write(f"[wherefrom] {desc}: {head}, {_fmt_s(elapsed)} elapsed{eta}\n")
             stream.flush()
             last, printed = now, True
-    if printed:
+    if printed or (done and time.monotonic() - start >= interval):
         of = f"/{total}" if total else ""
         stream.write(f"[wherefrom] {desc}: done {done}{of} in {_fmt_s(time.monotonic() - start)}\n")
         stream.flush()
