@@ -1,7 +1,7 @@
 """The ``wherefrom`` command line.
 
     wherefrom bench --list
-    wherefrom bench digits-lr --methods if-explicit,if-ekfac,trak-10 --metrics loo,lds,auc
+    wherefrom bench digits-lr --methods if-explicit,if-ekfac,tracin --metrics loo,lds,auc
     wherefrom methods
 """
 

@@ -1,7 +1,7 @@
 """The ``wherefrom bench`` command (registered on the one typer app in :mod:`wherefrom.cli`).
 
     wherefrom bench --list
-    wherefrom bench digits-lr --methods if-explicit,if-ekfac,trak-10 --metrics loo,lds,auc
+    wherefrom bench digits-lr --methods if-explicit,if-ekfac,tracin --metrics loo,lds,auc
 
 Exit status: 0 when every method and metric succeeded; 1 when any failed (the last line names them; the rows
 of the others are still written); 2 for a bad request (unknown setting, method, metric or option key, an
