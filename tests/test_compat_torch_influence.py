@@ -181,6 +181,18 @@ def test_lissa_agrees_with_autograd_within_its_tolerance(problem):
     assert calls[0] == (0, 0, (p,)) and calls[-1] == (1, 59, (p,)) and len(calls) == 120
 
 
+def test_a_custom_inverse_hvp_subclass_works_like_the_seed(problem):
+    class DenseSolve(ti.BaseInfluenceModule):  # the seed's extension point: implement inverse_hvp only
+        def inverse_hvp(self, vec):
+            H = self.training_objective().dense()
+            return torch.linalg.solve(H + DAMP * torch.eye(H.shape[0], dtype=H.dtype), vec)
+
+    module = DenseSolve(problem["model"], problem["objective"], problem["train_loader"], problem["test_loader"], "cpu")
+    assert module.params_names == ("0.weight", "0.bias", "2.weight", "2.bias")
+    assert module.params_shape == ((6, 5), (6,), (3, 6), (3,))
+    torch.testing.assert_close(module.influences([7, 8], [2]), _expected(problem, [7, 8], [2]), rtol=1e-8, atol=1e-12)
+
+
 def test_bad_input_gives_clear_errors(problem):
     args = (problem["model"], problem["objective"], problem["train_loader"], problem["test_loader"], "cpu")
     module = ti.CGInfluenceModule(*args, damp=DAMP)

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wherefrom.compat.objective_adapter import ObjectiveAdapter, check_indices
-from wherefrom.curvature import CGSolver, ExplicitSolver
+from wherefrom.curvature import CGSolver, ExplicitSolver, TrainingObjective
 from wherefrom.errors import NonFiniteGradientError, NonPositiveDefiniteError, WherefromError
 from wherefrom.progress import track
 
@@ -120,6 +120,9 @@ class BaseInfluenceModule(abc.ABC):
         self.train_loader = train_loader
         self.test_loader = test_loader
         self._adapter = ObjectiveAdapter(self.model, objective, train_loader, test_loader)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params_names = tuple(n for n, _ in trainable)
+        self.params_shape = tuple(p.shape for _, p in trainable)
 
     @property
     def num_params(self) -> int:
@@ -129,6 +132,14 @@ class BaseInfluenceModule(abc.ABC):
     @abc.abstractmethod
     def inverse_hvp(self, vec: torch.Tensor) -> torch.Tensor:
         """``(H + λI)⁻¹ vec`` for the Hessian ``H`` of the mean training objective (``[p]`` or ``[m, p]``)."""
+
+    def training_objective(self, gnh: bool = False) -> TrainingObjective:
+        """The mean training objective at the model's current parameters, for custom :meth:`inverse_hvp` code.
+
+        Its ``hvp(V)`` (whole training set), ``minibatch_hvp(V, indices)`` and ``dense()`` give products with the
+        Hessian of ``(1/n) Σ_i ℓ_i + Ω`` (``gnh=True``: the Gauss-Newton matrix plus ``∇²Ω``), no damping added.
+        """
+        return self._adapter.training_objective(gnh)
 
     def train_loss_grad(self, train_idxs: list[int]) -> torch.Tensor:
         """Gradient of the mean ``train_loss`` (regulariser included) over ``train_idxs``, ``[p]``."""
@@ -177,7 +188,7 @@ class AutogradInfluenceModule(BaseInfluenceModule):
         super().__init__(model, objective, train_loader, test_loader, device)
         self.damp = damp
         self.check_eigvals = check_eigvals
-        self._solver = ExplicitSolver(damping=damp).fit(self._adapter.training_objective())
+        self._solver = ExplicitSolver(damping=damp).fit(self.training_objective())
         if check_eigvals:
             H = self._solver.hessian_
             eigvals = torch.linalg.eigvalsh(H + damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device))
@@ -224,7 +235,7 @@ class CGInfluenceModule(BaseInfluenceModule):
         self.solver_: CGSolver | None = None  # the last solve's solver (residuals_, iterations_)
 
     def inverse_hvp(self, vec: torch.Tensor) -> torch.Tensor:
-        objective = self._adapter.training_objective(self.gnh)
+        objective = self.training_objective(self.gnh)
         V, single = _as_rows(vec.to(self.device, objective.dtype), self.num_params)
         rtol = float(self.cg_kwargs.get("rtol", self.cg_kwargs.get("tol", 1e-5)))
         atol = float(self.cg_kwargs.get("atol", 0.0))
@@ -274,7 +285,7 @@ class LiSSAInfluenceModule(BaseInfluenceModule):
         self.debug_callback = debug_callback
 
     def inverse_hvp(self, vec: torch.Tensor) -> torch.Tensor:
-        objective = self._adapter.training_objective(self.gnh)
+        objective = self.training_objective(self.gnh)
         V, single = _as_rows(vec.to(self.device, objective.dtype), self.num_params)
         batch = self._adapter.train_loader.batch_size
         total = torch.zeros_like(V)
