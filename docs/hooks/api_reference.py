@@ -9,6 +9,7 @@ page of the module that defines it (an unresolvable link fails the strict build)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import griffe
@@ -23,6 +24,9 @@ SECTION = "API reference"
 # then remove the module from this set.
 DOCSTRING_DEBT = {"wherefrom.methods.relatif", "wherefrom.bench.runner"}
 
+# Docstrings use Sphinx roles (":class:`~wherefrom.task.Task`"), which Markdown renders as ":class:<code>...</code>".
+SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):<code>(~?)([\w.]+)</code>")
+
 
 def _page(dotted: str) -> str:
     return "reference/" + dotted.replace(".", "/") + ".md"
@@ -30,25 +34,22 @@ def _page(dotted: str) -> str:
 
 def _nav(folder: Path, dotted: str) -> list[str | dict]:
     """Nav entries of a package: its own page, then its modules and sub-packages (as sections), by name."""
-    entries: list[str | dict] = [_page(dotted)]
+    entries: list[str | dict] = [{dotted: _page(dotted)}]
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("_"):
             continue
         if entry.is_dir() and (entry / "__init__.py").exists():
             entries.append({f"{dotted}.{entry.name}": _nav(entry, f"{dotted}.{entry.name}")})
         elif entry.suffix == ".py":
-            entries.append(_page(f"{dotted}.{entry.stem}"))
+            entries.append({f"{dotted}.{entry.stem}": _page(f"{dotted}.{entry.stem}")})
     return entries
 
 
 def _pages(nav: list) -> list[str]:
     out: list[str] = []
     for item in nav:
-        if isinstance(item, str):
-            out.append(item)
-        else:
-            for value in item.values():
-                out.extend(_pages(value))
+        for value in item.values():
+            out.extend(_pages(value) if isinstance(value, list) else [value])
     return out
 
 
@@ -57,27 +58,27 @@ def _target(obj) -> str:
 
 
 def _directive(dotted: str, options: list[str]) -> list[str]:
-    return [f"::: {dotted}", *(["    options:", *(f"      {o}" for o in options)] if options else [])]
+    return [f"::: {dotted}", "    options:", *(f"      {o}" for o in options)]
 
 
 def _content(dotted: str, package: griffe.Module) -> str:
     module = package.modules_collection[dotted]
     is_package = (SOURCE / dotted.replace(".", "/") / "__init__.py").exists()
-    lines = [f"# `{dotted}`", ""]
+    lines: list[str] = []  # the module's own heading (level 1) is the page title
     if is_package:  # its modules have their own pages; re-exported names are linked, not repeated
-        lines += _directive(dotted, ["members: false"])
+        lines += _directive(dotted, ["heading_level: 1", "members: false"])
         exports = list(module.exports or [])
         if exports:
             lines += ["", "Public names, documented on the pages of the modules that define them:", ""]
             lines += [f"- [`{name}`][{_target(module.members[name])}]" for name in exports]
     elif dotted in DOCSTRING_DEBT:  # docstring options apply to a directive's own object: one per member
-        lines += _directive(dotted, ["members: false"])
-        lenient = ["heading_level: 3", "docstring_options: {warn_unknown_params: false, warn_missing_types: false}"]
+        lines += _directive(dotted, ["heading_level: 1", "members: false"])
+        lenient = ["heading_level: 2", "docstring_options: {warn_unknown_params: false, warn_missing_types: false}"]
         for name, member in module.members.items():
             if not name.startswith("_") and not member.is_alias:
                 lines += ["", *_directive(f"{dotted}.{name}", lenient)]
     else:
-        lines += _directive(dotted, [])
+        lines += _directive(dotted, ["heading_level: 1"])
     return "\n".join(lines) + "\n"
 
 
@@ -96,3 +97,13 @@ def on_files(files: Files, config) -> Files:
             dotted = path.removeprefix("reference/").removesuffix(".md").replace("/", ".")
             files.append(File.generated(config, path, content=_content(dotted, package)))
     return files
+
+
+def _role(match: re.Match) -> str:
+    tilde, path = match.groups()
+    return f"<code>{path.rsplit('.', 1)[-1] if tilde else path}</code>"
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Show Sphinx cross-reference roles in docstrings as plain code (``~`` keeps the last name only)."""
+    return SPHINX_ROLE.sub(_role, html)
