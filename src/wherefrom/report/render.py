@@ -90,6 +90,7 @@ def environment() -> jinja2.Environment:
     """The jinja2 environment over the shipped templates (autoescape on, undefined names are errors)."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("wherefrom.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["basename"] = os.path.basename
     env.filters["signed"] = lambda v: f"{v:+.3g}"
     env.filters["num"] = lambda v, fmt=".3g": "—" if v is None or v != v else format(v, fmt)  # v != v: NaN
     return env
