@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Time ``wherefrom attribute`` (first run, and a rerun that reuses the saved results) and the report rendering.
 
-    python benchmarks/report_timing.py --out /tmp/report-timing                 # 5000 train, 20 test × top-10
-    python benchmarks/report_timing.py --n-train 1000 --method grad-dot --out /tmp/rt
+    PYTHONPATH=src python benchmarks/report_timing.py --out /tmp/report-timing   # 5000 train, 20 test × top-10
+    PYTHONPATH=src python benchmarks/report_timing.py --n-train 1000 --method grad-dot --out /tmp/rt
 
-A small CNN (conv 1→8 5×5, pool, conv 8→16 5×5, pool, linear 256→10; 5,258 parameters) is trained on the shipped
+A small CNN (conv 1→8 5×5, pool, conv 8→16 5×5, pool, linear 256→10; 5,994 parameters) is trained on the shipped
 MNIST subset (Adam, 5 epochs, seed 0) and written with a spec next to it; then, each in a fresh process,
 ``wherefrom attribute`` runs twice on the same --out (the second finds the saved results), and
 ``wherefrom report`` re-renders. The render itself is also timed in-process (median of 5, after one warm-up).

@@ -170,7 +170,7 @@ def describe_plan(plan: Plan, out_dir: str) -> str:
     if o.self_influence:
         lines.append(f"  self-influence of the {plan.n_train:,} training examples (the top {o.n_self_influence} shown)")
     lines += [f"  predictions, thumbnails and the report in {out_dir}", f"reuse:     {reuse}",
-              "predicted memory (rough, large terms only):"]
+              "predicted memory (rough: the large arrays kept; not the process, data or autograd workspace):"]
     rows = estimate_memory(plan.attributor, plan.task, plan.n_train, len(plan.test_indices))
     width = max(len(w) for w, _ in rows)
     for what, nbytes in rows:
