@@ -82,11 +82,18 @@ def _require_browser():
     except ImportError:
         missing.append("the playwright Python package")
     if missing:
-        message = (f"The browser test needs {' and '.join(missing)}. Install them with `bash scripts/setup.sh` "
+        message = (f"The browser test needs {' and '.join(missing)}. Install with `bash scripts/setup.sh` "
                    "(it runs `apt-get install -y chromium` on Debian and `pip install -e '.[dev]'`).")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def chromium():
+    """Checked before the (slower) MNIST run: skip locally, fail under CI=true, when the browser is missing."""
+    _require_browser()
+    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +134,7 @@ def _open(report, tmp_path):
     return p, context, page, attempted
 
 
-def test_report_in_headless_chromium(mnist_run, tmp_path):
-    _require_browser()
+def test_report_in_headless_chromium(chromium, mnist_run, tmp_path):
     _, out = mnist_run
     scores = load_file(out / "scores.safetensors")["scores"]
     assert scores.shape == (300, len(TEST))
