@@ -3,6 +3,8 @@
     wherefrom bench --list
     wherefrom bench digits-lr --methods if-explicit,if-ekfac,tracin --metrics loo,lds,auc
     wherefrom methods
+    wherefrom attribute my_spec.py --method ekfac --test 0:20 --top-k 10 --out out
+    wherefrom report out
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import typer
 
 from wherefrom.cli_bench import bench
+from wherefrom.report.cli import register as register_report_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Explain PyTorch predictions by their training data, and measure how right that is.")
+register_report_commands(app)  # wherefrom attribute, wherefrom report
 
 
 @app.callback()
