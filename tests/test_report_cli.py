@@ -82,39 +82,27 @@ def test_rerun_reuses_saved_results_and_refit_recomputes(tmp_path, monkeypatch):
     torch.testing.assert_close(second, first[:, 1:3])
 
 
-class _Saveable:
-    """An attributor with save(path); ``wherefrom.load`` is patched in to read it back."""
+@pytest.mark.parametrize("method", ["grad-dot", "if-cg"])
+def test_fit_or_load_saves_then_loads_the_real_fit(tmp_path, monkeypatch, method):
+    """A rerun loads the saved fit with ``wf.load`` (CG needs the training data again) and scores identically."""
+    from wherefrom.registry import MethodContext, make_method
 
-    def __init__(self):
-        self.fits = 0
-
-    def fit(self, train):
-        self.fits += 1
-        return self
-
-    def save(self, path):
-        pathlib.Path(path).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(path) / "state.json").write_text(json.dumps({"fits": self.fits}))
-
-
-def test_fit_or_load_uses_save_and_load_when_they_exist(tmp_path, monkeypatch):
-    loaded = []
-
-    def load(path, task):
-        loaded.append(json.loads((pathlib.Path(path) / "state.json").read_text()))
-        return "the loaded attributor"
-
-    monkeypatch.setattr(wherefrom, "load", load, raising=False)
-    a = _Saveable()
-    assert fit_or_load(a, None, None, str(tmp_path), "key-1") == (a, "fitted")
-    assert fit_or_load(_Saveable(), None, None, str(tmp_path), "key-1") == ("the loaded attributor", "loaded")
-    assert loaded == [{"fits": 1}]
-    b = _Saveable()
-    assert fit_or_load(b, None, None, str(tmp_path), "key-2") == (b, "fitted")      # stale key: refit
-    assert fit_or_load(b, None, None, str(tmp_path), "key-2", refit=True)[1] == "fitted"
-    monkeypatch.delattr(wherefrom, "load")
-    c = _Saveable()
-    assert fit_or_load(c, None, None, str(tmp_path), "key-2") == (c, "fitted") and c.fits == 1  # no wf.load yet
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()  # convex: CG on the Hessian is well defined
+    X, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8)
+    task = wherefrom.Task(model, weight_decay=0.1)
+    make = lambda: make_method(method, MethodContext(task=task, options={"progress": False}))  # noqa: E731
+    first, how = fit_or_load(make(), task, train, str(tmp_path), "key-1")
+    assert how == "fitted"
+    calls = []
+    monkeypatch.setattr(type(first), "fit", lambda self, train: calls.append(1) or self)
+    second, how = fit_or_load(make(), task, train, str(tmp_path), "key-1")
+    assert how == "loaded" and not calls
+    test = (X[:5], y[:5])
+    assert torch.equal(first.score(test), second.score(test))
+    _, how = fit_or_load(make(), task, train, str(tmp_path), "key-2")      # stale key: refit
+    assert how == "fitted" and calls
 
 
 def test_tokens_are_rendered_as_text(tmp_path):

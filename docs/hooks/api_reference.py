@@ -19,11 +19,6 @@ SOURCE = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "wherefrom"
 SECTION = "API reference"
 
-# Modules whose docstrings list several parameters on one line ("solver, damping, curvature: ..."), which the
-# Google style cannot express: their pages do not warn about unknown parameters. Give each parameter its own line,
-# then remove the module from this set.
-DOCSTRING_DEBT = {"wherefrom.methods.relatif", "wherefrom.bench.runner"}
-
 # Docstrings use Sphinx roles (":class:`~wherefrom.task.Task`"), which Markdown renders as ":class:<code>...</code>".
 SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):<code>(~?)([\w.]+)</code>")
 
@@ -65,18 +60,17 @@ def _content(dotted: str, package: griffe.Module) -> str:
     module = package.modules_collection[dotted]
     is_package = (SOURCE / dotted.replace(".", "/") / "__init__.py").exists()
     lines: list[str] = []  # the module's own heading (level 1) is the page title
-    if is_package:  # its modules have their own pages; re-exported names are linked, not repeated
+    if is_package:  # names defined in __init__ are documented here; re-exported ones are linked
         lines += _directive(dotted, ["heading_level: 1", "members: false"])
         exports = list(module.exports or [])
-        if exports:
+        own = [name for name, member in module.members.items()
+               if not name.startswith("_") and not member.is_alias and not member.is_module]
+        linked = [name for name in exports if module.members[name].is_alias]
+        for name in own:
+            lines += ["", *_directive(f"{dotted}.{name}", ["heading_level: 2"])]
+        if linked:
             lines += ["", "Public names, documented on the pages of the modules that define them:", ""]
-            lines += [f"- [`{name}`][{_target(module.members[name])}]" for name in exports]
-    elif dotted in DOCSTRING_DEBT:  # docstring options apply to a directive's own object: one per member
-        lines += _directive(dotted, ["heading_level: 1", "members: false"])
-        lenient = ["heading_level: 2", "docstring_options: {warn_unknown_params: false, warn_missing_types: false}"]
-        for name, member in module.members.items():
-            if not name.startswith("_") and not member.is_alias:
-                lines += ["", *_directive(f"{dotted}.{name}", lenient)]
+            lines += [f"- [`{name}`][{_target(module.members[name])}]" for name in linked]
     else:
         lines += _directive(dotted, ["heading_level: 1"])
     return "\n".join(lines) + "\n"

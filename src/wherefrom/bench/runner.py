@@ -225,14 +225,16 @@ def run_benchmark(
         methods: registered method names (comma-separated or a list); default: every registered method.
         metrics: any of ``loo``, ``lds``, ``auc``, ``brittle``.
         loo_indices: train positions whose LOO retraining is the ground truth (default: all).
-        n_subsets, fraction: LDS subsets ``M`` and ``α``.
+        n_subsets: the number ``M`` of LDS subsets.
+        fraction: the fraction ``α`` of training examples each LDS subset keeps.
         ensemble_size: models in ``MethodContext.ensemble`` (trained on random 50% subsets, cached); ``None``:
             as many as each method needs, at least 5. An explicit size smaller than a method needs is an error.
         noise: fraction of flipped labels for ``auc``.
         target: ``"loss"`` or ``"margin"``: what is attributed and what the ground truth measures.
         options: per-method options ``{method: {option: value}}`` on top of the setting's defaults; keys are
             checked against each method's constructor before any work.
-        out_dir, stem: when given, ``<out_dir>/<stem>.json``, ``.md`` and ``.png`` are rewritten after every method.
+        out_dir: when given, ``<out_dir>/<stem>.json``, ``.md`` and ``.png`` are rewritten after every method.
+        stem: the file name stem of those outputs.
         resume: reuse rows finished by an earlier (possibly killed) run with the same key.
         on_row: called with ``(result, row)`` after each method (e.g. to print the row).
         command: the command line, recorded in the JSON.

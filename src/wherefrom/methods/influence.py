@@ -16,8 +16,9 @@ from wherefrom.curvature.gauss_newton import check_curvature as check_curvature_
 from wherefrom.methods.composed import ComposedAttributor
 from wherefrom.task import Task
 
-#: keyword arguments of the composition that the preset passes on (everything else goes to the solver).
-COMPOSITION_OPTIONS = ("source", "similarity", "scale", "execution", "batch_size", "memory_gb", "cache_dir",
+#: keyword arguments of the composition that the preset passes on (everything else goes to the solver; ``scale`` is
+#: LiSSA's, since an influence function's score scale is always ``1/n``).
+COMPOSITION_OPTIONS = ("source", "similarity", "execution", "batch_size", "memory_gb", "cache_dir",
                        "progress")
 
 
@@ -36,7 +37,7 @@ class InfluenceFunction(ComposedAttributor):
             or ``"empirical_fisher"``; see :mod:`wherefrom.curvature.gauss_newton`.
         check_curvature: after fitting, estimate the extreme eigenvalues of the curvature (30 Lanczos steps) and
             warn when ``C + λI`` is indefinite or badly conditioned; the result is in ``curvature_report_``.
-        **solver_options: passed to the solver (e.g. ``max_iter``/``tol`` for CG, ``depth``/``repeats``/
+        **options: passed to the solver (e.g. ``max_iter``/``tol`` for CG, ``depth``/``repeats``/
             ``scale`` for LiSSA, ``rank``/``iterations`` for Arnoldi). LiSSA's mini-batch size is ``hvp_batch_size``
             (``batch_size`` is the attributor's own gradient block size).
     The composition's keyword arguments (``source``, ``execution``, ``batch_size``, ``memory_gb``, ``cache_dir``,
@@ -44,6 +45,9 @@ class InfluenceFunction(ComposedAttributor):
     DataInf) save them there after fitting and a later ``fit`` with the same configuration, checkpoint and data size
     loads them instead of refitting (``solver_loaded_`` tells which happened).
     """
+
+    #: the composition's score scale: ``1/n``, the leave-one-out scale (a preset such as RelatIF overrides it).
+    score_scale: float | str = "1/n"
 
     def __init__(
         self, task: Task, solver: str | Preconditioner = "explicit", damping: Any = 0.01, *,
@@ -53,8 +57,8 @@ class InfluenceFunction(ComposedAttributor):
         self.solver_name = solver
         self.solver_options = options
         precond = make_solver(solver, damping, **options)  # validates the name early
-        composition.setdefault("scale", "1/n")
-        super().__init__(task, preconditioner=precond, curvature=check_curvature_name(curvature), **composition)
+        super().__init__(task, preconditioner=precond, curvature=check_curvature_name(curvature),
+                         scale=self.score_scale, **composition)
         self.check_curvature = check_curvature
         self.curvature_report_: CurvatureReport | None = None
 

@@ -33,17 +33,20 @@ class RelatIF(InfluenceFunction):
 
     Args:
         task: the :class:`~wherefrom.task.Task`.
-        solver, damping, curvature: as for :class:`InfluenceFunction` (default solver ``"explicit"``).
+        solver: as for :class:`InfluenceFunction` (default ``"explicit"``).
+        damping: as for :class:`InfluenceFunction`.
         normalization: ``"l"`` (divide by ``sqrt(g_iᵀ C⁻¹ g_i)``) or ``"theta"`` (divide by ``‖C⁻¹ g_i‖``).
-    Other keyword arguments are those of :class:`InfluenceFunction`.
+        **kwargs: the other keyword arguments of :class:`InfluenceFunction` (``curvature``, execution options).
 
     After ``fit``: ``denominators_`` (``[n_train]``) and ``self_quadratic_`` (``g_iᵀ C⁻¹ g_i``, ``[n_train]``).
     """
 
+    score_scale = 1.0  # the normalisation makes the score scale-free: no 1/n
+
     def __init__(self, task: Task, solver: str | Preconditioner = "explicit", damping: Any = 0.01, *,
                  normalization: str = "l", **kwargs: Any) -> None:
         similarity = RelativeInfluence(normalization)
-        super().__init__(task, solver=solver, damping=damping, similarity=similarity, scale=1.0, **kwargs)
+        super().__init__(task, solver=solver, damping=damping, similarity=similarity, **kwargs)
         self.normalization = normalization
 
     @property

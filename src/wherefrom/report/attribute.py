@@ -11,6 +11,7 @@ weights, data size, method, options, test indices, k) reuses the saved results w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Subset
 import wherefrom
 from wherefrom.data.loaders import as_loader, collate_indices, dataset_size
 from wherefrom.errors import WherefromError
+from wherefrom.execution import Execution
 from wherefrom.progress import track
 from wherefrom.registry import METHODS, MethodContext, make_method, method_names
 from wherefrom.report.errors import ReportError, ResultsError, SpecInvalidError, UsageError
@@ -110,8 +112,9 @@ def plan_attribution(source: str, opts: AttributeOptions, out_dir: str) -> Plan:
         raise UsageError(f"--option {sorted(opts.options)} for method {method!r}: {exc}. See the method's "
                          "constructor arguments (python -c 'import wherefrom; help(wherefrom.InfluenceFunction)').") \
             from exc
-    if getattr(attributor, "cache_dir", "absent") is None:  # reuse gradient stores and solver factors on a rerun
-        attributor.cache_dir = os.path.join(out_dir, CACHE_DIR)
+    execution = getattr(attributor, "execution", None)
+    if isinstance(execution, Execution) and execution.cache_dir is None:  # reuse stores and factors on a rerun
+        attributor.execution = dataclasses.replace(execution, cache_dir=os.path.join(out_dir, CACHE_DIR))
     return Plan(source, spec, method, opts, task, attributor, train, test_all, _subset_loader(test_all, test_indices),
                 test_indices, n_train, n_test)
 
@@ -203,7 +206,7 @@ def fit_or_load(attributor: Any, task: Task, train: DataLoader, out_dir: str, ke
     fit_dir = os.path.join(out_dir, FIT_DIR)
     if not refit and _fit_is_loadable(attributor, out_dir, key):
         try:
-            return wherefrom.load(fit_dir, task), "loaded"
+            return wherefrom.load(fit_dir, task, train=train), "loaded"
         except (WherefromError, OSError) as exc:
             log(f"the saved fit in {fit_dir} could not be loaded ({exc}); fitting again")
     attributor.fit(train)

@@ -29,7 +29,8 @@ class ProjectedGradients(GradientSource):
         projection: a :class:`~wherefrom.projection.Projection` (or any object with ``project(block, c)``), or a
             kind name (``"gaussian"``, ``"rademacher"``, ``"sparse"``) with ``dim`` and ``seed``.
         base: the source that is projected (default :class:`FullGradients` ``("auto")``).
-        dim, seed: for a projection given by kind name.
+        dim: the projection dimension, for a projection given by kind name.
+        seed: the projection seed, for a projection given by kind name.
     """
 
     def __init__(self, projection: Projection | str, base: GradientSource | None = None, *, dim: int | None = None,
