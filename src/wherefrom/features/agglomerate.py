@@ -218,7 +218,8 @@ def agglomerate_2d(score: ScoreFn, grid: tuple[int, int], percentile: float = 99
 
 def merge_all_pairs(score: ScoreFn, start: Level) -> list[Level]:
     """Merge components pairwise until one is left, each time the pair with the largest
-    ``score(C1 ∪ C2) − max(score(C1), score(C2))``; one ``"merge"`` level per merge (first best pair on ties)."""
+    ``score(C1 ∪ C2) − max(score(C1), score(C2))``; one ``"merge"`` level per merge (first best pair on ties).
+    The merged component keeps the id of the better-scoring of the two."""
     comps, scores = start.components.copy(), dict(start.scores)
     levels = []
     while len(scores) > 1:
@@ -228,6 +229,8 @@ def merge_all_pairs(score: ScoreFn, start: Level) -> list[Level]:
         gains = [u - max(scores[a], scores[b]) for u, (a, b) in zip(unions, pairs)]
         best = int(np.argmax(gains))
         a, b = pairs[best]
+        if scores[b] > scores[a]:                      # the merged blob keeps the id of the better-scoring one
+            a, b = b, a
         comps = comps.copy()
         comps[comps == b] = a
         scores = {k: v for k, v in scores.items() if k != b}

@@ -67,12 +67,12 @@ def _forward_with_embedding(model: nn.Module, embedding: nn.Module, ids: Tensor,
 
 
 def _grad_of(model: nn.Module, x: Tensor, target: Any, output: str, embedding: nn.Module | None,
-             points: Tensor) -> Tensor:
+             points: Tensor, contrast: bool = False) -> Tensor:
     """``∂F/∂points`` where ``points`` are inputs (float) or embedding vectors (tokens), one row per input row."""
     points = points.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(points) if embedding is None else _forward_with_embedding(model, embedding, x, points)
-        (grad,) = torch.autograd.grad(_select(logits, target, output).sum(), points)
+        (grad,) = torch.autograd.grad(_select(logits, target, output, contrast).sum(), points)
     return grad
 
 
@@ -84,11 +84,13 @@ def _embed(model: nn.Module, x: Tensor, embedding: nn.Module | None) -> tuple[nn
 
 def integrated_gradients(model: nn.Module, x: Tensor, target: Any, *, baseline: Any = None, steps: int = 100,
                          output: str = "prob", embedding: nn.Module | None = None,
-                         baseline_token: int | None = None, batch_size: int = 256) -> Tensor:
+                         baseline_token: int | None = None, contrast: bool = False,
+                         batch_size: int = 256) -> Tensor:
     """Integrated gradients of ``F`` (default: target probability) for a batch ``x``.
 
     Returns the shape of ``x`` for float inputs, ``[B, T]`` for token inputs. ``baseline`` (float inputs) defaults
-    to 0; for tokens the baseline is the embedding of ``baseline_token`` (default: zero vectors).
+    to 0; for tokens the baseline is the embedding of ``baseline_token`` (default: zero vectors). ``contrast``:
+    ``F`` of the target minus the mean ``F`` of the other classes.
     """
     if steps < 2:
         raise WherefromError("integrated_gradients needs steps >= 2 (the grid has both endpoints).")
@@ -114,7 +116,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: Any, *, baseline: 
         pts = (base.unsqueeze(0) + al * (end - base).unsqueeze(0)).reshape(-1, *end.shape[1:])
         ids = x.repeat(al.shape[0], *([1] * (x.dim() - 1))) if tokens else None
         tgt = _repeat_target(target, x.shape[0], al.shape[0], x.device)
-        grad = _grad_of(model, ids if tokens else pts, tgt, output, emb, pts)
+        grad = _grad_of(model, ids if tokens else pts, tgt, output, emb, pts, contrast)
         total += grad.reshape(al.shape[0], *end.shape).sum(0)
     attribution = (end - base) * total / steps
     return attribution.sum(-1) if tokens else attribution
@@ -126,12 +128,12 @@ def _repeat_target(target: Any, batch: int, times: int, device: torch.device) ->
 
 
 def gradient_times_input(model: nn.Module, x: Tensor, target: Any, *, output: str = "logit",
-                         embedding: nn.Module | None = None) -> Tensor:
+                         embedding: nn.Module | None = None, contrast: bool = False) -> Tensor:
     """``x ⊙ ∂F/∂x`` (default ``F``: target logit); token inputs: embedding ⊙ gradient summed to ``[B, T]``."""
     if is_token_input(x):
         emb, vectors = _embed(model, x, embedding)
-        return (vectors * _grad_of(model, x, target, output, emb, vectors)).sum(-1)
-    return x.detach() * _grad_of(model, x, target, output, None, x)
+        return (vectors * _grad_of(model, x, target, output, emb, vectors, contrast)).sum(-1)
+    return x.detach() * _grad_of(model, x, target, output, None, x, contrast)
 
 
 def _replace(x: Tensor, masks: Tensor, baseline: Any, keep: bool) -> Tensor:

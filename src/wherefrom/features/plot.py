@@ -52,7 +52,7 @@ def plot_text(h: Hierarchy, collapse: bool = True, cmap: str = "RdBu", title: st
         for cid, s in scores.items():
             values[r, comps == cid] = s
     vmax = float(np.nanmax(np.abs(values))) or 1.0
-    width = max(6.0, 0.62 * len(words))
+    width = max(6.0, 0.7 * len(words))
     fig, ax = plt.subplots(figsize=figsize or (width, 0.5 * len(rows) + 1.4))
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto",
                    origin="lower", interpolation="nearest")
@@ -61,7 +61,8 @@ def plot_text(h: Hierarchy, collapse: bool = True, cmap: str = "RdBu", title: st
             ax.add_patch(Rectangle((a - 0.5, r - 0.5), b - a, 1, fill=False, lw=0.8, ec="0.3"))
             for t in range(a, b):
                 dark = abs(values[r, t]) > 0.6 * vmax
-                ax.text(t, r, words[t], ha="center", va="center", fontsize=fontsize,
+                size = fontsize * min(1.0, 9.0 / max(len(words[t]), 1))       # shrink long words to fit
+                ax.text(t, r, words[t], ha="center", va="center", fontsize=size,
                         color="white" if dark else "black")
     ax.set_xticks([])
     ax.set_yticks(range(len(rows)))
@@ -98,13 +99,13 @@ def plot_image(h: Hierarchy, max_levels: int = 8, cmap: str = "RdBu", title: str
     ax = fig.add_subplot(grid[0, 1])
     vmax = float(np.nanmax(np.abs(h.unit_scores))) or 1.0
     im = ax.imshow(blocks(h.unit_scores), cmap=cmap, norm=TwoSlopeNorm(0.0, -vmax, vmax))
-    ax.set_title(f"{h.method} score per block", fontsize=9)
+    ax.set_title(f"{h.method} score, each block", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     ax = fig.add_subplot(grid[0, 2])
     order = h.order().astype(float)
     order[order >= len(grow)] = np.nan
     im = ax.imshow(blocks(order), cmap="viridis_r")
-    ax.set_title("iteration selected", fontsize=9)
+    ax.set_title("iteration added", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     ax = fig.add_subplot(grid[0, 3])
     if h.image is not None:
@@ -112,7 +113,7 @@ def plot_image(h: Hierarchy, max_levels: int = 8, cmap: str = "RdBu", title: str
     top = h.top().components > 0
     ax.imshow(np.ma.masked_where(~blocks(top.astype(float)).astype(bool), blocks(top.astype(float))),
               cmap=ListedColormap(["tab:orange"]), alpha=0.55)
-    ax.set_title(f"top blob: {h.top().scores and max(h.top().scores.values()):.2f}", fontsize=9)
+    ax.set_title(f"final blob: {h.top().scores and max(h.top().scores.values()):.2f}", fontsize=9)
     for a in fig.axes:
         a.set_xticks([])
         a.set_yticks([])
@@ -137,11 +138,11 @@ def plot_image(h: Hierarchy, max_levels: int = 8, cmap: str = "RdBu", title: str
         ax.plot(xs, ys, "o-", ms=3, color=palette((cid - 1) % 20), label=f"blob {cid}")
     if len(grow) < len(h.levels):
         ax.axvline(len(grow) - 0.5, color="0.5", ls="--", lw=0.8)
-        ax.text(len(grow) - 0.4, ax.get_ylim()[1], "final merges", va="top", fontsize=8, color="0.4")
+        ax.text(len(grow) - 0.4, ax.get_ylim()[0], " final merges →", va="bottom", fontsize=8, color="0.4")
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"blob score ({h.method})")
     if len(ids) <= 12:
-        ax.legend(fontsize=7, ncol=min(6, len(ids)), loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.suptitle(title or f"ACD hierarchy ({h.method}), class {h.target}", fontsize=11)
     fig.tight_layout()
     return fig
