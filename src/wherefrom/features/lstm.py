@@ -42,11 +42,17 @@ class LayerDecomposition:
     steps: list[tuple[Parts, Parts]] | None = None
 
 
+_SCALES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
 def _gate_scale(hidden: int, like: Tensor) -> Tensor:
-    """``s`` with ``σ(s·z)·s − (s − 1)`` = sigmoid on the i, f, o chunks and tanh on the g chunk."""
-    s = torch.ones(4 * hidden, dtype=like.dtype, device=like.device)
-    s[2 * hidden:3 * hidden] = 2.0
-    return s
+    """``s`` with ``σ(s·z)·s − (s − 1)`` = sigmoid on the i, f, o chunks and tanh on the g chunk (cached)."""
+    key = (hidden, like.dtype, like.device)
+    if key not in _SCALES:
+        s = torch.ones(4 * hidden, dtype=like.dtype, device=like.device)
+        s[2 * hidden:3 * hidden] = 2.0
+        _SCALES[key] = s
+    return _SCALES[key]
 
 
 def _full_hidden(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -84,48 +90,51 @@ def lstm_layer(x: Parts, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
     z_full = x_full @ w_ih.T + h_prev @ w_hh.T                                   # without bias
     gates = torch.sigmoid((z_full + b) * scale) * scale - offset                 # full gates, [N, T, 4H]
     act_b = torch.sigmoid(scale * b) * scale - offset                            # activations of the bias alone
-    i_b, f_b, g_b = act_b[:hidden], act_b[hidden:2 * hidden], act_b[2 * hidden:3 * hidden]
+    i_b, g_b = act_b[:hidden], act_b[2 * hidden:3 * hidden]
     g_chunk = slice(2 * hidden, 3 * hidden)
     flat = (n * steps_total, hidden)
     r_bias = relevant_share(pre_rel[..., g_chunk].reshape(flat), (z_full - pre_rel)[..., g_chunk].reshape(flat)
                             - (h_prev @ w_hh[g_chunk].T).reshape(flat))
     bias_bias_rel = (r_bias * (i_b * g_b)).reshape(n, steps_total, hidden)      # r_t ⊙ i_b ⊙ g_b
-    i_full, f_full, g_full, o_full = gates.split(hidden, dim=2)
-    c_full = torch.empty_like(h_full)
-    c_prev = h_full.new_zeros(n, hidden)
-    for t in range(steps_total):
-        c_prev = torch.addcmul(i_full[:, t] * g_full[:, t], f_full[:, t], c_prev)
-        c_full[:, t] = c_prev
-    tanh_c_full = torch.tanh(c_full)
+    i_full, f_full, g_full, o_full = (g.transpose(0, 1) for g in gates.split(hidden, dim=2))   # [T, N, H]
+    c_steps, c_prev = [], h_full.new_zeros(n, hidden)
+    for ig, f in zip((i_full * g_full).unbind(0), f_full.unbind(0)):
+        c_prev = torch.addcmul(ig, f, c_prev)
+        c_steps.append(c_prev)
+    c_full = torch.stack(c_steps)                                                # [T, N, H]
+    half_o = 0.5 * o_full
+    half_o_tanh_c = half_o * torch.tanh(c_full)                                  # ½·h_full
 
-    # time-major copies so that each step reads contiguous rows
-    zr_pre = ((pre_rel + b) * scale).transpose(0, 1).contiguous()              # s⊙(W xβ + b)
-    z_both = ((z_full + 2 * b) * scale).transpose(0, 1).contiguous()           # s⊙(z + 2b) = Zβ + Zγ
-    half_d = (0.5 * (gates - act_b)).transpose(0, 1).contiguous()              # ½(f(z + b) − f(b))
+    # Relevant recursion. Before the first step where any row has a relevant input, the relevant states are
+    # exactly zero: start there. Per step: sβ = (i,f,g)β + bias activations; cβ' = sβ_i⊙sβ_g − (1 − r_t)·i_b⊙g_b
+    # + sβ_f⊙cβ (the expansion of the cβ' equation); hβ' = ½o⊙[tanh(cβ') − tanh(c − cβ')] + ½o⊙tanh(c).
+    active = (x.rel != 0).flatten(2).any(2).any(0).nonzero()
+    first = int(active[0]) if len(active) else steps_total
+    zr_pre = ((pre_rel + b) * scale).transpose(0, 1).unbind(0)                  # s⊙(W xβ + b)
+    z_both = ((z_full + 2 * b) * scale).transpose(0, 1).unbind(0)               # s⊙(z + 2b) = Zβ + Zγ
+    offset_d = (0.5 * (gates - act_b) + act_b).transpose(0, 1).unbind(0)        # ½(f(z+b) − f(b)) + f(b)
+    c_minus = (bias_bias_rel - i_b * g_b).transpose(0, 1).unbind(0)            # −(1 − r_t)·i_b⊙g_b
     w_scaled = w_hh.T * scale
     half_scale = 0.5 * scale
-    c_full_t, tanh_c_t = c_full.transpose(0, 1), tanh_c_full.transpose(0, 1)
-    o_t, bb_t = o_full.transpose(0, 1), bias_bias_rel.transpose(0, 1)
+    c_list, ho_list, hot_list = c_full.unbind(0), half_o.unbind(0), half_o_tanh_c.unbind(0)
 
-    h_rel = c_rel = h_full.new_zeros(n, hidden)
-    outs: list[Tensor] = []
+    zeros = h_full.new_zeros(n, hidden)
+    h_rel = c_rel = zeros
+    outs: list[Tensor] = [zeros] * steps_total
     kept: list[tuple[Parts, Parts]] | None = [] if keep_steps else None
     for t in range(steps_total):
-        z_rel = zr_pre[t] if t == 0 else torch.addmm(zr_pre[t], h_rel, w_scaled)
-        a = torch.sigmoid(torch.stack((z_rel, z_both[t] - z_rel)))
-        share_rel = torch.addcmul(half_d[t], a[0] - a[1], half_scale)          # ½[(f(zβ+b) − f(zγ+b)) + d]
-        i_r, f_r, g_r = share_rel[:, :hidden], share_rel[:, hidden:2 * hidden], share_rel[:, g_chunk]
-        new_c = torch.addcmul(bb_t[t], i_r, g_r + g_b)
-        new_c = torch.addcmul(new_c, i_b, g_r)
-        c_rel = torch.addcmul(new_c, f_r + f_b, c_rel)
-        tc = torch.tanh(torch.stack((c_rel, c_full_t[t] - c_rel)))
-        h_rel = o_t[t] * (0.5 * (tc[0] - tc[1] + tanh_c_t[t]))
-        outs.append(h_rel)
+        if t >= first:
+            z_rel = zr_pre[t] if t == first else torch.addmm(zr_pre[t], h_rel, w_scaled)
+            diff = torch.sigmoid(z_rel) - torch.sigmoid(z_both[t] - z_rel)
+            sb = torch.addcmul(offset_d[t], diff, half_scale)   # relevant shares + bias activations
+            c_rel = torch.addcmul(torch.addcmul(c_minus[t], sb[:, :hidden], sb[:, g_chunk]),
+                                  sb[:, hidden:2 * hidden], c_rel)
+            h_rel = torch.addcmul(hot_list[t], ho_list[t], torch.tanh(c_rel) - torch.tanh(c_list[t] - c_rel))
+            outs[t] = h_rel
         if kept is not None:
-            h_all = o_t[t] * tanh_c_t[t]
-            kept.append((Parts(h_rel, h_all - h_rel), Parts(c_rel, c_full_t[t] - c_rel)))
+            kept.append((Parts(h_rel, 2 * hot_list[t] - h_rel), Parts(c_rel, c_list[t] - c_rel)))
     out_rel = torch.stack(outs, dim=1)
-    c_last = c_full[:, -1]
+    c_last = c_full[-1]
     return LayerDecomposition(Parts(out_rel, h_full - out_rel), Parts(h_rel, h_full[:, -1] - h_rel),
                               Parts(c_rel, c_last - c_rel), kept)
 
