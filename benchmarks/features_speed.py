@@ -10,7 +10,8 @@
 * a 1-D ACD of a 30-token sentence (default settings: up to 25 iterations), over the test sentences of 30 tokens.
 
 Every figure is a median over repeats, each with a forward pass timed in the same run as a yardstick; the machine
-is shared and noisy, so ratios are more stable than seconds.
+is shared and noisy, so ratios are more stable than seconds. ACD times are given as wall seconds and as process
+CPU seconds (one thread: the work itself, without the time spent waiting for a core).
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ from wherefrom.data import mnist_datasets  # noqa: E402
 from wherefrom.data.sst import load_sst2  # noqa: E402
 from wherefrom.features.models import load_mnist_cnn, load_sst_lstm  # noqa: E402
 
+CPU: list[float] = []        # process CPU seconds of every timed call, in order (one thread: the work itself)
+
 
 def timed(fn, repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls; their CPU seconds are appended to ``CPU``."""
     out = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         out.append(time.perf_counter() - start)
+        CPU.append(time.process_time() - cpu)
     return out
 
 
@@ -85,21 +90,25 @@ def main() -> None:
         "ratio_cd_to_30_forwards": statistics.median([a / b for a, b in zip(cd_t, loop_t)]),
         "ratio_cd_to_batched_forward": statistics.median([a / b for a, b in zip(cd_t, batch_t)])}
 
-    acd2, fwd2 = [], []
+    acd2, fwd2, cpu2 = [], [], []
     for i in range(10):
         xi = images[i:i + 1]
         acd2 += timed(lambda xi=xi: wf.features.acd(cnn, xi), 1)
+        cpu2.append(CPU[-1])
         with torch.no_grad():
             fwd2 += timed(lambda xi=xi: cnn(xi), 1)
     results["acd_2d_mnist_block1"] = {"median_s": statistics.median(acd2), "max_s": max(acd2),
-                                      "images": 10, "forward_s": statistics.median(fwd2)}
+                                      "median_cpu_s": statistics.median(cpu2), "images": 10,
+                                      "forward_s": statistics.median(fwd2)}
 
-    acd1 = []
+    acd1, cpu1 = [], []
     for s in sentences[:max(3, min(len(sentences), args.repeats))]:
         sid = torch.as_tensor(s)[None]
         acd1 += timed(lambda sid=sid: wf.features.acd(lstm, sid), 1)
+        cpu1.append(CPU[-1])
     results["acd_1d_sst_30_tokens"] = {"median_s": statistics.median(acd1), "max_s": max(acd1),
-                                       "sentences": len(acd1)}
+                                       "median_cpu_s": statistics.median(cpu1), "sentences": len(acd1)}
+    results["load_average_1min"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2)

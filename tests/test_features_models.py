@@ -63,3 +63,14 @@ def test_acd_end_to_end_on_the_shipped_models(tmp_path):
     assert text.full_score == pytest.approx(float(logits[1] - logits[0]), abs=1e-4)
     text.plot(str(tmp_path / "sst.png"))
     assert json.loads(json.dumps(text.to_dict()))["labels"][0] == "not"
+
+
+def test_docs_quick_start_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
+    namespace: dict = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", text, flags=re.S)[0], "features.md", "exec"), namespace)
+    assert namespace["words"].rel.shape == (namespace["ids"].shape[1], 1, 2)
+    assert namespace["image_h"].order().shape == (28, 28)

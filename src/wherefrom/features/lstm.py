@@ -84,24 +84,26 @@ def lstm_layer(x: Parts, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
     offset = scale - 1
 
     x_full = x.rel + x.irrel
-    h_full = _full_hidden(x_full, w_ih, w_hh, b_ih, b_hh)                       # [N, T, H]
-    h_prev = torch.cat((h_full.new_zeros(n, 1, hidden), h_full[:, :-1]), dim=1)
+    if n > 1 and bool((x_full == x_full[:1]).all()):
+        x_full = x_full[:1]            # every row explains the same input (one example, many masks): run it once
+    rows = x_full.shape[0]
+    h_full = _full_hidden(x_full, w_ih, w_hh, b_ih, b_hh)                       # [rows, T, H]
+    h_prev = torch.cat((h_full.new_zeros(rows, 1, hidden), h_full[:, :-1]), dim=1)
     pre_rel = x.rel @ w_ih.T                                                     # [N, T, 4H]
-    z_full = x_full @ w_ih.T + h_prev @ w_hh.T                                   # without bias
-    gates = torch.sigmoid((z_full + b) * scale) * scale - offset                 # full gates, [N, T, 4H]
+    z_full = x_full @ w_ih.T + h_prev @ w_hh.T                                   # without bias, [rows, T, 4H]
+    gates = torch.sigmoid((z_full + b) * scale) * scale - offset                 # full gates
     act_b = torch.sigmoid(scale * b) * scale - offset                            # activations of the bias alone
     i_b, g_b = act_b[:hidden], act_b[2 * hidden:3 * hidden]
     g_chunk = slice(2 * hidden, 3 * hidden)
     flat = (n * steps_total, hidden)
-    r_bias = relevant_share(pre_rel[..., g_chunk].reshape(flat), (z_full - pre_rel)[..., g_chunk].reshape(flat)
-                            - (h_prev @ w_hh[g_chunk].T).reshape(flat))
+    r_bias = relevant_share(pre_rel[..., g_chunk].reshape(flat), (x.irrel @ w_ih[g_chunk].T).reshape(flat))
     bias_bias_rel = (r_bias * (i_b * g_b)).reshape(n, steps_total, hidden)      # r_t ⊙ i_b ⊙ g_b
-    i_full, f_full, g_full, o_full = (g.transpose(0, 1) for g in gates.split(hidden, dim=2))   # [T, N, H]
-    c_steps, c_prev = [], h_full.new_zeros(n, hidden)
+    i_full, f_full, g_full, o_full = (g.transpose(0, 1) for g in gates.split(hidden, dim=2))   # [T, rows, H]
+    c_steps, c_prev = [], h_full.new_zeros(rows, hidden)
     for ig, f in zip((i_full * g_full).unbind(0), f_full.unbind(0)):
         c_prev = torch.addcmul(ig, f, c_prev)
         c_steps.append(c_prev)
-    c_full = torch.stack(c_steps)                                                # [T, N, H]
+    c_full = torch.stack(c_steps)                                                # [T, rows, H]
     half_o = 0.5 * o_full
     half_o_tanh_c = half_o * torch.tanh(c_full)                                  # ½·h_full
 
@@ -118,7 +120,7 @@ def lstm_layer(x: Parts, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
     half_scale = 0.5 * scale
     c_list, ho_list, hot_list = c_full.unbind(0), half_o.unbind(0), half_o_tanh_c.unbind(0)
 
-    zeros = h_full.new_zeros(n, hidden)
+    zeros = x.rel.new_zeros(n, hidden)
     h_rel = c_rel = zeros
     outs: list[Tensor] = [zeros] * steps_total
     kept: list[tuple[Parts, Parts]] | None = [] if keep_steps else None
