@@ -6,8 +6,9 @@
 For each of the first ``--images`` correctly classified shipped MNIST test images, an attack (written in torch)
 finds an adversarial image: FGSM, ``x + ε·sign(∇_x CE)``, or the gradient attack, ``x + ε·∇_x CE / ‖∇_x CE‖₂``,
 each with the smallest ε on a grid that changes the prediction (as Foolbox's versions do), clipped to the pixel
-range. Then ACD (CD scores) and agglomerative occlusion (the same agglomeration with occlusion scores) rank the
-784 pixels by the iteration at which they are added (settings of the paper's notebook: block size 1, percentile
+range. Then ACD (CD scores) and agglomerative occlusion (the same agglomeration with occlusion scores of the
+logits, or of the log-softmax outputs as the reference MNIST code: ``--methods cd,occlusion,occlusion_log_softmax``)
+rank the 784 pixels by the iteration at which they are added (settings of the paper's notebook: block size 1, percentile
 98, 35 iterations, signed scores; pixels never added share the last rank), on the original and on the adversarial
 image, for the original class and for the adversarial class. The score of an image is the Spearman correlation of
 the two orders, averaged over the two classes; the table is the mean over images. The paper reports 0.590 (ACD)
@@ -55,9 +56,14 @@ def attack(model: torch.nn.Module, x: torch.Tensor, label: int, kind: str) -> to
     return None
 
 
-def order(model: torch.nn.Module, x: torch.Tensor, target: int, method: str, iters: int) -> np.ndarray:
+METHODS = {"cd": ("cd", "logit"), "occlusion": ("occlusion", "logit"),
+           "occlusion_log_softmax": ("occlusion", "log_prob")}
+
+
+def order(model: torch.nn.Module, x: torch.Tensor, target: int, name: str, iters: int) -> np.ndarray:
+    method, output = METHODS[name]
     h = wf.features.acd(model, x, target=target, method=method, percentile=98, num_iters=iters,
-                        final_merge=False)
+                        final_merge=False, output=output)
     return h.order().ravel()
 
 
@@ -66,6 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--attacks", default="fgsm,gradient")
     parser.add_argument("--iters", type=int, default=35)
+    parser.add_argument("--methods", default="cd,occlusion", help=f"among {sorted(METHODS)}")
     parser.add_argument("--out", default=os.path.join(HERE, "features_adversarial.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -78,7 +85,7 @@ def main() -> None:
                                   "block_size": 1, "scores": "logits, signed"}}
     start = time.time()
     for kind in args.attacks.split(","):
-        per_method: dict[str, list[float]] = {"cd": [], "occlusion": []}
+        per_method: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
         used, eps = 0, []
         for i in correct:
             if used == args.images:
@@ -96,13 +103,11 @@ def main() -> None:
                 per_method[method].append(float(np.nanmean(rhos)))
             used += 1
             if used % 10 == 0:
-                print(f"{kind}: {used} images, ACD {np.mean(per_method['cd']):.3f}, occlusion "
-                      f"{np.mean(per_method['occlusion']):.3f} ({time.time() - start:.0f} s)", flush=True)
-        results[kind] = {"images": used, "acd_mean": float(np.mean(per_method["cd"])),
-                         "acd_sem": float(np.std(per_method["cd"]) / np.sqrt(used)),
-                         "occlusion_mean": float(np.mean(per_method["occlusion"])),
-                         "occlusion_sem": float(np.std(per_method["occlusion"]) / np.sqrt(used)),
-                         "median_linf_eps_pixels": float(np.median(eps))}
+                print(f"{kind}: {used} images, " + ", ".join(f"{m} {np.mean(v):.3f}" for m, v in per_method.items())
+                      + f" ({time.time() - start:.0f} s)", flush=True)
+        results[kind] = {"images": used, "median_linf_eps_pixels": float(np.median(eps))}
+        for m, v in per_method.items():
+            results[kind][m] = {"mean": float(np.mean(v)), "sem": float(np.std(v) / np.sqrt(used))}
         print(kind, json.dumps(results[kind]), flush=True)
     results["seconds"] = time.time() - start
     with open(args.out, "w") as fh:

@@ -79,6 +79,14 @@ def test_planted_interaction_is_merged_first_by_build_up():
     # occlusion sees the same interaction: occluding A alone already removes the bonus
     occ = wf.features.acd(Planted(), ids, target=1, method="occlusion")
     assert occ.unit_scores[2] == pytest.approx(0.9 + 5.0)
+    # ... and on log-probabilities: log p_1(x) - log p_1(x without A) (the contrast of two log-probabilities
+    # would equal the logit difference again)
+    logp = wf.features.acd(Planted(), ids, target=1, method="occlusion", output="log_prob", contrast=False)
+    full, occluded = 0.9 + 0.1 + 0.6 - 0.4 + 0.2 + 5.0, 0.1 + 0.6 - 0.4 + 0.2
+    expected = (full - np.logaddexp(0, full)) - (occluded - np.logaddexp(0, occluded))
+    assert logp.unit_scores[2] == pytest.approx(expected)
+    with pytest.raises(wf.WherefromError, match="CD decomposes the logits"):
+        wf.features.acd(Planted(), ids, target=1, method="cd", output="log_prob")
 
 
 def test_2d_final_merge_takes_the_planted_pair_over_all_pairs():

@@ -24,7 +24,8 @@ def acd(model: nn.Module, x: Tensor, target: int | None = None,
         method: str | Callable[[np.ndarray], Any] = "cd", *, percentile: float | None = None,
         num_iters: int | None = None, block_size: int = 1, contrast: bool | None = None,
         absolute: bool | None = None, smooth: bool = True, final_merge: bool = True, baseline: Any = 0,
-        labels: Sequence[str] | None = None, batch_size: int = 256, progress: bool | None = None) -> Hierarchy:
+        labels: Sequence[str] | None = None, batch_size: int = 256, output: str = "logit",
+        progress: bool | None = None) -> Hierarchy:
     """Build the ACD hierarchy of ``model``'s prediction on one input.
 
     Args:
@@ -43,6 +44,8 @@ def acd(model: nn.Module, x: Tensor, target: int | None = None,
         baseline: "zero" for occlusion / build-up: a value in the model's input space, or a token id.
         labels: the words of a text input, kept for plots.
         batch_size: rows per model pass.
+        output: what occlusion / build-up read: ``"logit"`` (default), ``"log_prob"`` (the reference MNIST
+            setting) or ``"prob"``. CD always decomposes the logits.
 
     Returns:
         A :class:`~wherefrom.features.hierarchy.Hierarchy` (levels, ``order()``, ``to_dict()``, ``plot()``).
@@ -60,7 +63,7 @@ def acd(model: nn.Module, x: Tensor, target: int | None = None,
         score, name = method, getattr(method, "__name__", "custom")
     else:
         score = GroupScorer(model, x, int(target), method, block_size=block_size, contrast=contrast,
-                            baseline=baseline, batch_size=batch_size)
+                            baseline=baseline, batch_size=batch_size, output=output)
         name = method
     grid = unit_grid(x, block_size)
     p = defaults["percentile"] if percentile is None else percentile
@@ -76,5 +79,6 @@ def acd(model: nn.Module, x: Tensor, target: int | None = None,
         hierarchy.image = (img.mean(0) if img.dim() == 3 else img).numpy()
     hierarchy.method, hierarchy.target, hierarchy.block_size = name, int(target), block_size
     hierarchy.labels = list(labels) if labels is not None else None
-    hierarchy.params.update({"contrast": contrast, "baseline": baseline if np.isscalar(baseline) else "tensor"})
+    hierarchy.params.update({"contrast": contrast, "baseline": baseline if np.isscalar(baseline) else "tensor",
+                             "output": output})
     return hierarchy

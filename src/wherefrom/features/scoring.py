@@ -7,7 +7,8 @@ A group is a bool array over the *units* (token positions ``[T]``, or blocks ``[
 * ``"build-up"``: the logits of the input with only the group kept (everything else set to ``baseline``);
 * ``"occlusion"``: ``f(x) − f(x with the group set to baseline)``.
 
-With ``contrast`` the target logit is taken against the rest: ``s_c − mean_{k≠c} s_k``, which is
+Occlusion and build-up may read ``output="log_prob"`` (the reference MNIST setting) or ``"prob"`` instead of the
+logits. With ``contrast`` the target logit is taken against the rest: ``s_c − mean_{k≠c} s_k``, which is
 ``s_c − s_{1−c}`` for two classes (the reference text score) and extends it to several classes. "Zero"
 (``baseline``) is 0 in the space the model reads (the normalisation mean for normalised images) and a token id
 for text (default 0).
@@ -26,6 +27,7 @@ from wherefrom.errors import WherefromError, unknown_name
 from wherefrom.features.propagate import Decomposer, is_token_input
 
 METHODS = ("cd", "occlusion", "build-up")
+OUTPUTS = ("logit", "log_prob", "prob")
 
 
 def contrast_scores(logits: Tensor, target: int, contrast: bool) -> Tensor:
@@ -65,9 +67,15 @@ class GroupScorer:
 
     def __init__(self, model: nn.Module, x: Tensor, target: int, method: str = "cd", *, block_size: int = 1,
                  contrast: bool = False, baseline: Any = 0, batch_size: int = 256,
-                 decomposer: Decomposer | None = None):
+                 decomposer: Decomposer | None = None, output: str = "logit"):
         if method not in METHODS:
             raise unknown_name("agglomeration score", method, METHODS)
+        if output not in OUTPUTS:
+            raise unknown_name("output", output, OUTPUTS)
+        if method == "cd" and output != "logit":
+            raise WherefromError("CD decomposes the logits (softmax has no CD rule); output= applies to occlusion "
+                                 "and build-up only.")
+        self.output = output
         if x.shape[0] != 1:
             raise WherefromError(f"agglomeration explains one input: give a batch of one, not {x.shape[0]} rows.")
         self.model, self.x, self.target, self.method = model, x, int(target), method
@@ -78,10 +86,13 @@ class GroupScorer:
         self._full: Tensor | None = None
 
     def logits(self, inputs: Tensor) -> Tensor:
-        """Model outputs of a batch of inputs, in chunks, without gradients."""
+        """Model outputs (``output``: logits, log-probabilities or probabilities) of a batch, in chunks."""
         with torch.no_grad():
-            return torch.cat([self.model(inputs[i:i + self.batch_size])
-                              for i in range(0, inputs.shape[0], self.batch_size)])
+            out = torch.cat([self.model(inputs[i:i + self.batch_size])
+                             for i in range(0, inputs.shape[0], self.batch_size)])
+        if self.output == "log_prob":
+            return torch.log_softmax(out, -1)
+        return torch.softmax(out, -1) if self.output == "prob" else out
 
     def _target(self, logits: Tensor) -> Tensor:
         return contrast_scores(logits, self.target, self.contrast)
