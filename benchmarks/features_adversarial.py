@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -77,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     wf.set_progress(False)
+    warnings.filterwarnings("ignore", message="An input array is constant")   # counted as "undefined" below
     model = load_mnist_cnn()
     images, labels = mnist_datasets("mnist", flatten=False)[1].tensors
     with torch.no_grad():
@@ -100,14 +102,18 @@ def main() -> None:
             for method in per_method:
                 rhos = [spearmanr(order(model, x, c, method, args.iters),
                                   order(model, adv, c, method, args.iters))[0] for c in (label, target)]
-                per_method[method].append(float(np.nanmean(rhos)))
+                rhos = [r for r in rhos if not np.isnan(r)]
+                per_method[method].append(float(np.mean(rhos)) if rhos else float("nan"))
             used += 1
             if used % 10 == 0:
-                print(f"{kind}: {used} images, " + ", ".join(f"{m} {np.mean(v):.3f}" for m, v in per_method.items())
+                print(f"{kind}: {used} images, " + ", ".join(f"{m} {np.nanmean(v):.3f}" for m, v in per_method.items())
                       + f" ({time.time() - start:.0f} s)", flush=True)
         results[kind] = {"images": used, "median_linf_eps_pixels": float(np.median(eps))}
         for m, v in per_method.items():
-            results[kind][m] = {"mean": float(np.mean(v)), "sem": float(np.std(v) / np.sqrt(used))}
+            a = np.array(v)
+            ok = ~np.isnan(a)            # an order that is constant (nothing selected apart) has no correlation
+            results[kind][m] = {"mean": float(a[ok].mean()), "sem": float(a[ok].std() / np.sqrt(ok.sum())),
+                                "undefined": int((~ok).sum())}
         print(kind, json.dumps(results[kind]), flush=True)
     results["seconds"] = time.time() - start
     with open(args.out, "w") as fh:

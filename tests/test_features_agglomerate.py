@@ -47,6 +47,11 @@ def test_hand_worked_1d_hierarchy_of_an_additive_score():
     running = h.levels[1].unit_scores
     assert running[[0, 2, 4]].tolist() == pytest.approx([0.5, 0.1, 0.3])
     assert json.loads(json.dumps(h.to_dict()))["order"] == [1, 0, 3, 0, 2]
+    # collapsed display: words; the two phrases {0, 1} and {3, 4} (grown, not merged) on row 1; their merge on row 2
+    rows = h.text_rows()
+    assert len(rows) == 3
+    assert rows[1][0].tolist() == [1, 1, 0, 2, 2] and rows[1][1] == pytest.approx({1: -1.5, 2: 1.3})
+    assert rows[2][0].tolist() == [1, 1, 1, 1, 1]
 
 
 def test_thresholds_follow_the_reference_percentiles():
