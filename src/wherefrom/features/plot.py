@@ -138,7 +138,8 @@ def plot_image(h: Hierarchy, max_levels: int = 8, cmap: str = "RdBu", title: str
         ax.plot(xs, ys, "o-", ms=3, color=palette((cid - 1) % 20), label=f"blob {cid}")
     if len(grow) < len(h.levels):
         ax.axvline(len(grow) - 0.5, color="0.5", ls="--", lw=0.8)
-        ax.text(len(grow) - 0.4, ax.get_ylim()[0], " final merges →", va="bottom", fontsize=8, color="0.4")
+        ax.text(len(grow) - 0.4, 0.5, " final merges →", transform=ax.get_xaxis_transform(), va="center",
+                fontsize=8, color="0.4")
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"blob score ({h.method})")
     if len(ids) <= 12:
