@@ -84,7 +84,9 @@ def main() -> None:
     with torch.no_grad():
         correct = (model(images).argmax(-1) == labels).nonzero().ravel().tolist()
     results: dict = {"settings": {"images": args.images, "percentile": 98, "iterations": args.iters,
-                                  "block_size": 1, "scores": "logits, signed"}}
+                                  "block_size": 1, "methods": args.methods,
+                                  "scores": "signed; cd and occlusion on logits, occlusion_log_softmax on "
+                                            "log-softmax outputs"}}
     start = time.time()
     for kind in args.attacks.split(","):
         per_method: dict[str, list[float]] = {m: [] for m in args.methods.split(",")}
