@@ -3,6 +3,7 @@
     import wherefrom as wf
     task = wf.Task(model)
     scores = wf.InfluenceFunction(task, solver="cg", damping=1e-3).fit(train).score(test)  # [n_train, n_test]
+    wf.InfluenceFunction(task, solver="ekfac").fit(train).save("fits/ekfac")  # later: wf.load("fits/ekfac", task)
 
 Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` helped test example ``j``
 (removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
@@ -11,7 +12,7 @@ Feature attribution (which input features drove a prediction) lives in ``wf.feat
 ``wf.features.cd(model, x, mask)``, ``wf.features.acd(model, x, target)``.
 """
 
-from wherefrom import curvature, targets
+from wherefrom import curvature, layers, similarity, sources, targets
 from wherefrom.errors import (
     CheckpointMismatchError,
     DataOrderError,
@@ -21,9 +22,12 @@ from wherefrom.errors import (
     UnknownNameError,
     WherefromError,
 )
+from wherefrom.execution import Execution
+from wherefrom.layers import register_layer_type
 from wherefrom.methods import (
     TRAK,
     Attributor,
+    ComposedAttributor,
     GradCos,
     GradDot,
     GradientAttributor,
@@ -35,6 +39,7 @@ from wherefrom.methods import (
     RepresenterPoints,
     TracInCP,
 )
+from wherefrom.persist import load
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
@@ -58,7 +63,9 @@ __all__ = [
     "TRAK",
     "Attributor",
     "CheckpointMismatchError",
+    "ComposedAttributor",
     "DataOrderError",
+    "Execution",
     "GradCos",
     "GradDot",
     "GradientAttributor",
@@ -79,6 +86,11 @@ __all__ = [
     "WherefromError",
     "curvature",
     "features",
+    "layers",
+    "load",
+    "register_layer_type",
     "set_progress",
+    "similarity",
+    "sources",
     "targets",
 ]
