@@ -7,6 +7,9 @@
 
 Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` helped test example ``j``
 (removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
+
+Feature attribution (which input features drove a prediction) lives in ``wf.features`` (imported on first use):
+``wf.features.cd(model, x, mask)``, ``wf.features.acd(model, x, target)``.
 """
 
 from wherefrom import curvature, layers, similarity, sources, targets
@@ -44,6 +47,18 @@ from wherefrom.task import Task
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Import ``wherefrom.features`` on first use (``wf.features.cd(...)``) to keep ``import wherefrom`` cheap."""
+    if name == "features":
+        import importlib
+
+        module = importlib.import_module("wherefrom.features")
+        globals()["features"] = module
+        return module
+    raise AttributeError(f"module 'wherefrom' has no attribute {name!r}")
+
+
 __all__ = [
     "TRAK",
     "Attributor",
@@ -70,6 +85,7 @@ __all__ = [
     "UnknownNameError",
     "WherefromError",
     "curvature",
+    "features",
     "layers",
     "load",
     "register_layer_type",
