@@ -11,7 +11,9 @@ setting's ground truth — ``−loss`` for loss-target methods, the margin for T
 agreement = mean over test points of the Pearson correlation between a row's scores and the exact scores of the
 same curvature (explicit inverse of ``H + (wd + λ) I``; the Gauss-Newton matrix for K-FAC / EK-FAC on the MLP).
 
-Usage: ``python compare.py [--repeats 3] [--rows explicit:lr,cg:lr] [--resume]`` (see run.sh).
+Usage: ``python compare.py [--repeats 3] [--rows explicit:lr,cg:lr] [--resume]`` (see run.sh). ``--rows`` reruns
+those rows and keeps the others of docs/peers.json; ``--resume`` skips the rows it already holds. A row whose CPU
+times spread by more than 1.3× between repeats is marked in the notes (rerun it with ``--rows``).
 """
 
 from __future__ import annotations
@@ -125,15 +127,15 @@ def main() -> None:
     args = ap.parse_args()
     wanted = {tuple(s.split(":")) for s in args.rows.split(",") if s}
     results = {"meta": {}, "rows": []}
-    if args.resume and os.path.exists(RAW):
+    if (args.resume or wanted) and os.path.exists(RAW):  # --rows replaces those rows and keeps the others
         with open(RAW) as fh:
             results = json.load(fh)
-    done = {(r["method"], r["setting"]) for r in results["rows"]}
+    done = {(r["method"], r["setting"]) for r in results["rows"]} if args.resume else set()
     results["meta"].update({"json": "docs/peers.json", "repeats": args.repeats, "cpus": os.cpu_count(),
                             "started": results["meta"].get("started", time.strftime("%Y-%m-%d %H:%M"))})
     tmp = tempfile.mkdtemp(prefix="peers-")
     for method, setting, peers, target, kind in ROWS:
-        if (wanted and (method, setting) not in wanted) or ((method, setting) in done and not wanted):
+        if (wanted and (method, setting) not in wanted) or (method, setting) in done:
             continue
         libs = ["wherefrom", *peers]
         recs = {lib: [] for lib in libs}

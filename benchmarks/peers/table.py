@@ -14,6 +14,7 @@ import sys
 HEADER = ("| method | setting | library | CPU s min / median | wf / peer (median) | wall s median | LDS "
           "| agreement with exact | load avg | notes |")
 RULE = "|---|---|---|---|---|---|---|---|---|---|"
+SPREAD = 1.3  # CPU times of one row further apart than this between repeats are flagged as disturbed
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -38,8 +39,11 @@ def render_rows(rows: list[dict]) -> list[str]:
         load = f"{min(r['loads']):.1f}–{max(r['loads']):.1f}" if r.get("loads") else "—"
         lib = f"**{r['library']}**" if r["library"] == "wherefrom" else r["library"]
         wall = f"{statistics.median(r['wall']):.1f}" if r.get("wall") else "—"
+        notes = [r["notes"]] if r.get("notes") else []
+        if len(times) > 1 and max(times) > SPREAD * min(times):
+            notes.append(f"spread {max(times) / min(times):.2f}×")
         lines.append(f"| {r['method']} | {r['setting']} | {lib} | {t} | {ratio_s} | {wall} | {_fmt(r.get('lds'))} | "
-                     f"{_fmt(r.get('agreement'))} | {load} | {r.get('notes', '')} |")
+                     f"{_fmt(r.get('agreement'))} | {load} | {'; '.join(notes)} |")
     return lines
 
 
