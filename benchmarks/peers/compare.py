@@ -52,7 +52,9 @@ ROWS = [  # the rows the speed work needs most come first; LiSSA (the slowest by
     ("kfac", "mlp", ["kronfluence"], "loss", "ggn"),
     ("trak", "mlp", ["dattri", "traker"], "margin", None),
     ("arnoldi-all", "mlp", ["dattri"], "loss", "hessian"),
-    ("lissa", "lr", ["pydvl", "dattri"], "loss", "hessian"),
+    # dattri's LiSSA (vmap over the 500 test vectors, depth 1000, batch 256) grew past 9.7 GB of memory within two
+    # CPU minutes on this 24 GB machine and was stopped: it is left out of the LiSSA row (see docs/peers.md).
+    ("lissa", "lr", ["pydvl"], "loss", "hessian"),
 ]
 
 
@@ -106,6 +108,8 @@ def run(setting: str, method: str, library: str, out: str, timeout: float) -> di
 
 
 def write_outputs(results: dict) -> None:
+    order = {(m, st): k for k, (m, st, *_rest) in enumerate(ROWS)}
+    results["rows"].sort(key=lambda r: order.get((r["method"], r["setting"]), len(order)))  # stable: libraries keep order
     with open(RAW, "w") as fh:
         json.dump(results, fh, indent=1)
     text = f"# Peer comparison\n\n{START}\n{END}\n"
