@@ -109,7 +109,8 @@ def run(setting: str, method: str, library: str, out: str, timeout: float) -> di
 
 def write_outputs(results: dict) -> None:
     order = {(m, st): k for k, (m, st, *_rest) in enumerate(ROWS)}
-    results["rows"].sort(key=lambda r: order.get((r["method"], r["setting"]), len(order)))  # stable: libraries keep order
+    # a stable sort: the libraries of a row keep their order
+    results["rows"].sort(key=lambda r: order.get((r["method"], r["setting"]), len(order)))
     with open(RAW, "w") as fh:
         json.dump(results, fh, indent=1)
     text = f"# Peer comparison\n\n{START}\n{END}\n"
