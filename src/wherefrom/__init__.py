@@ -3,12 +3,13 @@
     import wherefrom as wf
     task = wf.Task(model)
     scores = wf.InfluenceFunction(task, solver="cg", damping=1e-3).fit(train).score(test)  # [n_train, n_test]
+    wf.InfluenceFunction(task, solver="ekfac").fit(train).save("fits/ekfac")  # later: wf.load("fits/ekfac", task)
 
 Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` helped test example ``j``
 (removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
 """
 
-from wherefrom import curvature, targets
+from wherefrom import curvature, layers, similarity, sources, targets
 from wherefrom.errors import (
     CheckpointMismatchError,
     DataOrderError,
@@ -18,9 +19,12 @@ from wherefrom.errors import (
     UnknownNameError,
     WherefromError,
 )
+from wherefrom.execution import Execution
+from wherefrom.layers import register_layer_type
 from wherefrom.methods import (
     TRAK,
     Attributor,
+    ComposedAttributor,
     GradCos,
     GradDot,
     GradientAttributor,
@@ -32,6 +36,7 @@ from wherefrom.methods import (
     RepresenterPoints,
     TracInCP,
 )
+from wherefrom.persist import load
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
@@ -43,7 +48,9 @@ __all__ = [
     "TRAK",
     "Attributor",
     "CheckpointMismatchError",
+    "ComposedAttributor",
     "DataOrderError",
+    "Execution",
     "GradCos",
     "GradDot",
     "GradientAttributor",
@@ -63,6 +70,11 @@ __all__ = [
     "UnknownNameError",
     "WherefromError",
     "curvature",
+    "layers",
+    "load",
+    "register_layer_type",
     "set_progress",
+    "similarity",
+    "sources",
     "targets",
 ]
