@@ -14,11 +14,21 @@ Feature attribution (which input features drove a prediction) lives in ``wf.feat
 
 from wherefrom import curvature, layers, similarity, sources, targets
 from wherefrom.errors import (
+    ArgumentError,
     CheckpointMismatchError,
+    CheckpointNotFoundError,
     DataOrderError,
+    DeviceError,
+    DisconnectedFunctionError,
+    EmptyDataError,
+    InputDtypeError,
+    InputMismatchError,
+    InputShapeError,
+    LabelError,
     LossReductionError,
     NonFiniteGradientError,
     NonPositiveDefiniteError,
+    ParameterSelectionError,
     UnknownNameError,
     WherefromError,
 )
@@ -42,6 +52,7 @@ from wherefrom.methods import (
 from wherefrom.persist import load
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
+from wherefrom.ranking import top_k
 from wherefrom.store import TopK
 from wherefrom.task import Task
 
@@ -61,20 +72,30 @@ def __getattr__(name: str):
 
 __all__ = [
     "TRAK",
+    "ArgumentError",
     "Attributor",
     "CheckpointMismatchError",
+    "CheckpointNotFoundError",
     "ComposedAttributor",
     "DataOrderError",
+    "DeviceError",
+    "DisconnectedFunctionError",
+    "EmptyDataError",
     "Execution",
     "GradCos",
     "GradDot",
     "GradientAttributor",
     "InfluenceFunction",
+    "InputDtypeError",
+    "InputMismatchError",
+    "InputShapeError",
     "KNNShapley",
+    "LabelError",
     "LoGra",
     "LossReductionError",
     "NonFiniteGradientError",
     "NonPositiveDefiniteError",
+    "ParameterSelectionError",
     "ProjectedInfluence",
     "RandomProjection",
     "RelatIF",
@@ -93,4 +114,5 @@ __all__ = [
     "similarity",
     "sources",
     "targets",
+    "top_k",
 ]

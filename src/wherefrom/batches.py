@@ -17,16 +17,20 @@ from torch.utils.data import DataLoader
 from wherefrom.data.loaders import batch_length
 from wherefrom.progress import track
 from wherefrom.task import LossFn, Task
+from wherefrom.validation import check_labels, validate_batch
 
 
 def validate_first_batch(task: Task, state: Mapping[str, torch.Tensor], batch: Any, fn: LossFn | None,
-                         what: str) -> None:
-    """Checks run on the first batch of every pass that computes ``fn``: one value per example.
+                         what: str, start: int = 0) -> int | None:
+    """Checks run on the first batch of every pass that computes ``fn`` (see :mod:`wherefrom.validation`).
 
-    This is the one place for input validation (shapes, dtypes, labels): every loop calls it.
+    This is the one place for input validation (shapes, dtypes, labels, one value per example, dependence on the
+    parameters): every loop calls it. Returns the number of classes when the labels are checked (then every later
+    batch's labels are checked too), else ``None``.
     """
-    if fn is not None and getattr(fn, "aux", None) is None:
-        task.check_per_example(getattr(fn, "fn", fn), state, batch, what)
+    if fn is None:
+        return None
+    return validate_batch(task, state, batch, fn, what, start)
 
 
 def batch_loop(
@@ -46,6 +50,7 @@ def batch_loop(
         check: validate the first batch.
     """
     start = 0
+    classes: int | None = None
     try:
         total = len(loader)
     except TypeError:
@@ -54,6 +59,8 @@ def batch_loop(
         for k, batch in enumerate(track(loader, desc or f"{what} gradients", total, progress)):
             batch = task.prepare_batch(batch)
             if k == 0 and check and fn is not None:
-                validate_first_batch(task, task.state(None) if state is None else state, batch, fn, what)
+                classes = validate_first_batch(task, task.state(None) if state is None else state, batch, fn, what)
+            elif classes is not None:
+                check_labels(fn, batch, classes, start, what)
             yield start, batch
             start += batch_length(batch)

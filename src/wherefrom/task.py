@@ -19,7 +19,14 @@ from torch.func import functional_call
 
 from wherefrom import targets
 from wherefrom.data.loaders import batch_length, move_batch
-from wherefrom.errors import CheckpointMismatchError, LossReductionError, WherefromError
+from wherefrom.errors import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    DeviceError,
+    LossReductionError,
+    ParameterSelectionError,
+    WherefromError,
+)
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 Checkpoint = Mapping[str, torch.Tensor] | str | os.PathLike
@@ -75,6 +82,12 @@ class Task:
         self.target_fn: LossFn = target_fn if target_fn is not None else self.loss_fn
         self.weight_decay = float(weight_decay)
         self.checkpoints: list[Checkpoint] = list(checkpoints) if checkpoints is not None else []
+        for k, ck in enumerate(self.checkpoints):
+            if isinstance(ck, (str, os.PathLike)) and not os.path.exists(ck):
+                raise CheckpointNotFoundError(
+                    f"checkpoints[{k}] = {os.fspath(ck)!r} does not exist. Pass the paths of files written with "
+                    "torch.save(model.state_dict(), path), or the state_dicts themselves."
+                )
         self.input_fn = input_fn if input_fn is not None else default_input_fn
         self.param_names: list[str] = self._select_params(params)
         #: names of modules kept in training mode during attribution (dropout ensembles); see ``attribution_mode``.
@@ -85,22 +98,37 @@ class Task:
     # ------------------------------------------------------------------ parameters
     def _select_params(self, params: Sequence[str] | str | None) -> list[str]:
         named = dict(self.model.named_parameters())
+        if not named:
+            raise ParameterSelectionError(
+                f"The model ({type(self.model).__name__}) has no parameters, so there is nothing to attribute "
+                "through. Pass the trained model itself."
+            )
         if params is None:
             names = [n for n, p in named.items() if p.requires_grad]
+            if not names:
+                raise ParameterSelectionError(
+                    "No parameters selected: every parameter of the model has requires_grad=False. Pass "
+                    "params=[...] (names or module prefixes, e.g. params=['fc2']) or call "
+                    "p.requires_grad_(True) on the parameters to attribute."
+                )
         else:
             wanted = [params] if isinstance(params, str) else list(params)
+            if not wanted:
+                raise ParameterSelectionError(
+                    "params=[] selects no parameter. Pass None (every parameter with requires_grad) or names / "
+                    f"module prefixes among: {', '.join(list(named)[:20])}."
+                )
             names = []
             for w in wanted:
-                hits = [n for n in named if n == w or n.startswith(w + ".")]
+                hits = [n for n in named if n == w or n.startswith(w + ".")] if isinstance(w, str) else []
                 if not hits:
-                    raise WherefromError(
+                    raise ParameterSelectionError(
                         f"params entry {w!r} matches no parameter or module of the model. "
                         f"Parameters are: {', '.join(named)}."
                     )
                 names.extend(h for h in hits if h not in names)
             names = [n for n in named if n in names]  # keep model order
-        if not names:
-            raise WherefromError("No parameters selected: the model has no parameter with requires_grad=True.")
+        _check_devices({n: named[n] for n in names})
         return names
 
     @property
@@ -206,6 +234,10 @@ class Task:
         """Raise :class:`LossReductionError` unless ``fn`` returns one finite-shaped value per example."""
         with torch.no_grad():
             values = self.per_example(fn, self.flat_params(state), state, batch)
+        self.check_values(values, batch, what)
+
+    def check_values(self, values: Any, batch: Any, what: str) -> None:
+        """Raise :class:`LossReductionError` unless ``values`` holds one value per example of ``batch``."""
         size = batch_length(batch)
         if not isinstance(values, torch.Tensor) or values.shape != (size,):
             shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
@@ -245,11 +277,31 @@ class Task:
                 m.training = modes[name]
 
 
+def _check_devices(params: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`DeviceError` if the selected parameters are on ``meta`` or spread over several devices."""
+    meta = [n for n, p in params.items() if p.device.type == "meta"]
+    if meta:
+        raise DeviceError(
+            f"Parameters {meta[:5]} are on the 'meta' device (not materialised). Load the trained weights first "
+            "(e.g. model.to_empty(device=...) then model.load_state_dict(...))."
+        )
+    devices: dict[str, str] = {}
+    for n, p in params.items():
+        devices.setdefault(str(p.device), n)
+    if len(devices) > 1:
+        found = ", ".join(f"{n} on {d}" for d, n in devices.items())
+        raise DeviceError(
+            f"The selected parameters are on several devices ({found}). wherefrom needs them on one device: "
+            "move the model with model.to(device), or select one device's parameters with params=[...]."
+        )
+
+
 def load_checkpoint(checkpoint: Checkpoint, map_location: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Read a checkpoint: a state_dict, or a path to one saved with ``torch.save`` (read with weights_only=True)."""
     if isinstance(checkpoint, (str, os.PathLike)):
         if not os.path.exists(checkpoint):
-            raise CheckpointMismatchError(f"Checkpoint file {os.fspath(checkpoint)!r} does not exist.")
+            raise CheckpointNotFoundError(f"Checkpoint file {os.fspath(checkpoint)!r} does not exist. Pass the path "
+                                          "of a file written with torch.save(model.state_dict(), path).")
         loaded = torch.load(checkpoint, map_location=map_location, weights_only=True)
     else:
         loaded = checkpoint

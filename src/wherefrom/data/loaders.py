@@ -16,7 +16,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import default_collate
 
-from wherefrom.errors import DataOrderError, WherefromError
+from wherefrom.errors import DataOrderError, EmptyDataError, WherefromError
 
 DataLike = Dataset | DataLoader | tuple | list
 
@@ -48,6 +48,7 @@ def as_loader(data: DataLike, batch_size: int = 256, what: str = "data") -> Data
             raise DataOrderError(
                 f"The {what} DataLoader has drop_last=True and would skip examples. Build it with drop_last=False."
             )
+        _check_not_empty(data.dataset, what)
         return data
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorDataset(*data)
@@ -56,7 +57,18 @@ def as_loader(data: DataLike, batch_size: int = 256, what: str = "data") -> Data
             f"Cannot read {what} of type {type(data).__name__}: pass a torch Dataset, an unshuffled DataLoader, "
             "or a tuple of tensors (X, y)."
         )
+    _check_not_empty(data, what)
     return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def _check_not_empty(dataset: Any, what: str) -> None:
+    try:
+        size = len(dataset)
+    except TypeError:
+        return
+    if size == 0:
+        raise EmptyDataError(f"The {what} data has no examples (length 0). Pass at least one example; check the "
+                             "filtering or split that produced it.")
 
 
 def dataset_size(loader: DataLoader) -> int:

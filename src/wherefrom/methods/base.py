@@ -1,7 +1,8 @@
 """The attributor protocol: ``fit`` / ``score`` / ``self_influence`` / ``top_k``, ``save`` and ``wf.load``.
 
 Every attributor: ``fit(train) -> self``; ``score(test) -> Tensor[n_train, n_test]``; ``self_influence() ->
-Tensor[n_train]``; ``top_k(test, k)`` streams; ``save(path)`` writes its fitted state (see
+Tensor[n_train]``; ``top_k(test, k)`` streams (``top_k(scores=s, k=k)`` ranks a computed matrix);
+``save(path)`` writes its fitted state (see
 :mod:`wherefrom.persist`). ``scores[i, j]`` is the predicted improvement of test target ``j`` caused by training
 example ``i``: **positive = helpful**. See ``docs/conventions.md``.
 
@@ -20,7 +21,9 @@ import torch
 
 from wherefrom.configurable import Configurable
 from wherefrom.data.loaders import DataLike
-from wherefrom.errors import WherefromError
+from wherefrom.errors import ArgumentError, WherefromError
+from wherefrom.ranking import check_k
+from wherefrom.ranking import top_k as rank_scores
 from wherefrom.registry import register_attributor
 from wherefrom.store import StreamingTopK, TopK
 
@@ -48,12 +51,34 @@ class Attributor(Configurable):
         blocks = [b for _, b in self.iter_score_blocks(test)]
         return torch.cat(blocks, dim=0)
 
-    def top_k(self, test: DataLike, k: int = 10) -> TopK:
-        """The ``k`` most helpful and harmful training examples of every test point, without the full matrix."""
+    def top_k(self, test: DataLike | None = None, k: int = 10, *, scores: torch.Tensor | None = None) -> TopK:
+        """The ``k`` most helpful and harmful training examples of every test point, without the full matrix.
+
+        Pass ``scores=`` (a ``[n_train, n_test]`` matrix from :meth:`score`) instead of ``test`` to rank what is
+        already computed (the same as ``wf.top_k(scores, k)``). ``k`` must lie in ``[1, n_train]``
+        (:class:`~wherefrom.errors.ArgumentError` otherwise).
+        """
+        if scores is not None:
+            if test is not None:
+                raise ArgumentError("Pass either test (to compute the scores) or scores= (already computed), not both.")
+            return rank_scores(scores, k)
+        if test is None:
+            raise ArgumentError("top_k needs the test data (or scores= from score()).")
+        k = check_k(k, self._known_n_train())
         top = StreamingTopK(k)
+        rows = 0
         for start, block in self.iter_score_blocks(test):
             top.update(start, block)
+            rows = max(rows, start + block.shape[0])
+        check_k(k, rows)
         return top.result()
+
+    def _known_n_train(self) -> int | None:
+        """The number of training examples when the fitted state tells it without work (else ``None``)."""
+        n = getattr(self, "n_train_", None)
+        if n is None and isinstance(getattr(self, "train_labels_", None), torch.Tensor):
+            n = len(self.train_labels_)
+        return n
 
     # ------------------------------------------------------------------ saved state
     def save(self, path: str | os.PathLike) -> str:
