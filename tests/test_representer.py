@@ -57,8 +57,11 @@ def test_predicted_class_and_self_influence():
         ft = torch.cat([model[:2](test[0]), torch.ones(9, 1, dtype=torch.float64)], 1)
     torch.testing.assert_close(scores.sum(0), (ft @ rps.theta_.T)[torch.arange(9), pred], rtol=1e-8, atol=1e-8)
     si = rps.self_influence()
-    expected = rps.alpha_[torch.arange(60), train[1]].abs() * rps.features_.pow(2).sum(1)
-    torch.testing.assert_close(si, expected)
+    # τ[i, i] of the true-label objective: α_{i, y_i} ‖f̃_i‖² with α refitted on one-hot labels (≥ 0)
+    true = wf.RepresenterPoints(wf.Task(model), l2=0.05, labels="true").fit(train)
+    expected = true.alpha_[torch.arange(60), train[1]] * true.features_.pow(2).sum(1)
+    torch.testing.assert_close(true.self_influence(), expected)
+    assert (si >= 0).all()
 
 
 def test_bad_input():

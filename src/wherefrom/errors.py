@@ -67,6 +67,10 @@ class DeviceError(WherefromError):
     """The selected parameters are spread over several devices, or not materialised (``meta``)."""
 
 
+class NotApplicableError(WherefromError):
+    """A method does not offer what was asked of it (e.g. KNN-Shapley has no self-influence)."""
+
+
 class ArgumentError(WherefromError):
     """An argument outside its valid range (e.g. ``top_k``'s ``k``)."""
 

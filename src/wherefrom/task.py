@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from wherefrom.errors import (
     ParameterSelectionError,
     WherefromError,
 )
+from wherefrom.warn import warn
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 Checkpoint = Mapping[str, torch.Tensor] | str | os.PathLike
@@ -261,11 +261,9 @@ class Task:
             if isinstance(m, _STOCHASTIC_LAYERS) and m.training and n not in keep
         ]
         if offending:
-            warnings.warn(
-                f"Layers {offending[:5]} were in training mode; attribution runs the model in eval mode "
-                "(dropout off, batch-norm running statistics). Call model.eval() to silence this warning.",
-                stacklevel=3,
-            )
+            warn(f"Layers {offending[:5]} were in training mode; attribution runs the model in eval mode "
+                 "(dropout off, batch-norm running statistics). Call model.eval() to silence this warning.",
+                 owner=self)
         self.model.eval()
         for name, m in self.model.named_modules():
             if name in keep:

@@ -46,6 +46,9 @@ def plot_result(result: BenchResult, path: str) -> None:
             if r.error is None and metric in r.metric_errors:
                 ax.text(x[i] + offsets[k], 0, "×", color=FAILED, ha="center", va="bottom", fontsize=14,
                         fontweight="bold")
+            elif r.not_applicable(key):
+                ax.text(x[i] + offsets[k], 0, "n/a", color="gray", ha="center", va="bottom", fontsize=7,
+                        rotation=90)
     for i, r in enumerate(rows):
         if r.error is not None:
             ax.text(x[i], 0.02, "FAILED", color=FAILED, ha="center", va="bottom", rotation=90, fontweight="bold",

@@ -95,7 +95,7 @@ def _trak(num_models: int | None) -> Build:
                 raise WherefromError(f"trak-{m} needs {m} independently trained models but the setting provides "
                                      f"{len(models)} (MethodContext.ensemble); train more or use a smaller trak-M.")
             models = models[:m]
-        return TRAK(ctx.task, checkpoints=models, **opts)
+        return TRAK(ctx.task, models=models, **opts)
 
     return build
 

@@ -131,6 +131,11 @@ class MethodResult:
             return float(v["value"])
         return math.nan
 
+    def not_applicable(self, name: str) -> str | None:
+        """Why metric entry ``name`` does not apply to this method (e.g. no self-influence), else ``None``."""
+        v = self.metrics.get(name)
+        return v.get("not_applicable") if isinstance(v, dict) else None
+
     def failures(self) -> list[str]:
         """``"method: error"`` or ``"method (metric m): error"`` for everything that failed in this row."""
         if self.error is not None:
@@ -197,6 +202,8 @@ class BenchResult:
             v = getattr(r, key) if hasattr(r, key) else r.value(key)
             if self.METRIC_OF.get(key) in r.metric_errors:
                 cells.append("failed")
+            elif r.not_applicable(key):
+                cells.append("n/a")
             elif key == "lds" and not math.isnan(v):
                 ci = r.metrics["lds"]["ci"]
                 cells.append(f"{v:.3f} ± {(ci[1] - ci[0]) / 2:.3f}")

@@ -47,7 +47,7 @@ from wherefrom.bench.groundtruth import LDSGroundTruth, LOOGroundTruth, Workspac
 from wherefrom.bench.plan import DEFAULT_ENSEMBLE, MethodPlan, plan_methods
 from wherefrom.bench.results import BenchResult, MethodResult, dumps_strict, environment, now_iso, write_atomic
 from wherefrom.bench.settings import Setting, get_setting
-from wherefrom.errors import WherefromError, unknown_name
+from wherefrom.errors import NotApplicableError, WherefromError, unknown_name
 from wherefrom.eval import lds, loo_correlation, noisy_label_auc
 from wherefrom.eval.metrics import brittleness
 from wherefrom.registry import MethodContext, make_method, method_names
@@ -370,6 +370,10 @@ def _run_method(plan: MethodPlan, key: str, ws: Workspace, gt: _GroundTruth, met
     for metric in mets:
         try:
             row.metrics.update(_metric(metric, S, plan, ws, gt, target, target_fn, size, brittle_ks))
+        except NotApplicableError as exc:  # not a failure: the method does not offer what the metric needs
+            for _, key in BenchResult.METRIC_COLUMNS[metric]:
+                row.metrics[key] = {"value": None, "not_applicable": str(exc)}
+            say(f"method {plan.name}, metric {metric}: not applicable ({exc})")
         except Exception as exc:
             row.metric_errors[metric] = f"{type(exc).__name__}: {exc}"
             say(f"method {plan.name}, metric {metric} failed:\n{traceback.format_exc()}")
@@ -396,7 +400,11 @@ def _metric(metric: str, S: np.ndarray, plan: MethodPlan, ws: Workspace, gt: _Gr
         return {"brittle_mean_k": {"value": mean_k, **br.to_dict()}}
     if metric == "auc":
         nctx = build_context(gt.noisy, plan.options, size, target_fn=target_fn)
-        si = make_method(plan.name, nctx).fit(gt.noisy.datasets()[0]).self_influence()
+        method = make_method(plan.name, nctx)
+        if not getattr(method, "has_self_influence", True):
+            raise NotApplicableError(f"{type(method).__name__} has no self-influence, which noisy-label detection "
+                                     "ranks by")
+        si = method.fit(gt.noisy.datasets()[0]).self_influence()
         return {"auc": {"value": noisy_label_auc(si, gt.noisy.setting.flipped_mask())}}
     raise unknown_name("metric", metric, list(METRICS))
 

@@ -26,15 +26,24 @@ from wherefrom.ranking import check_k
 from wherefrom.ranking import top_k as rank_scores
 from wherefrom.registry import register_attributor
 from wherefrom.store import StreamingTopK, TopK
+from wherefrom.warn import collecting
 
 
 class Attributor(Configurable):
     """Base protocol. Subclasses implement :meth:`fit`, :meth:`iter_score_blocks` and :meth:`self_influence`, and
     :meth:`_fitted_state` / :meth:`_restore_fitted` for saving."""
 
+    #: whether :meth:`self_influence` exists (``False``: it raises :class:`~wherefrom.errors.NotApplicableError`).
+    has_self_influence: bool = True
+    #: public methods whose warnings are issued once per cause, at the user's line (:mod:`wherefrom.warn`).
+    _COLLECTING = ("fit", "score", "top_k", "self_influence", "score_by_module", "query_features")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         register_attributor(cls)
+        for name in cls._COLLECTING:
+            if name in cls.__dict__:
+                setattr(cls, name, collecting(cls.__dict__[name]))
 
     def fit(self, train: DataLike) -> Attributor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -95,3 +104,8 @@ class Attributor(Configurable):
     def _restore_fitted(self, state: dict[str, Any], *, directory: str, train: Any = None) -> None:
         """Inverse of :meth:`_fitted_state` on a freshly constructed attributor."""
         raise WherefromError(f"{type(self).__name__} cannot be loaded.")
+
+
+for _name in Attributor._COLLECTING:
+    if _name in Attributor.__dict__:
+        setattr(Attributor, _name, collecting(Attributor.__dict__[_name]))

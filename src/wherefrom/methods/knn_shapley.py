@@ -23,7 +23,7 @@ import torch
 
 from wherefrom import targets
 from wherefrom.data.loaders import DataLike, as_loader
-from wherefrom.errors import WherefromError
+from wherefrom.errors import NotApplicableError, WherefromError
 from wherefrom.execution import Execution, resolve_execution
 from wherefrom.methods.base import Attributor
 from wherefrom.progress import track
@@ -52,7 +52,8 @@ def knn_shapley_values(distances: torch.Tensor, train_labels: torch.Tensor, test
 
 
 class KNNShapley(Attributor):
-    """Exact KNN-Shapley values in the ``[n_train, n_test]`` orientation.
+    """Exact KNN-Shapley values in the ``[n_train, n_test]`` orientation (no self-influence: a point is not its own
+    neighbour's test; :meth:`self_influence` raises :class:`~wherefrom.errors.NotApplicableError`).
 
     Args:
         features_fn: ``features_fn(batch) -> Tensor[B, ...]``, the embedding (e.g. a trained network's penultimate
@@ -65,6 +66,8 @@ class KNNShapley(Attributor):
     Saved state holds the embeddings and labels; ``features_fn`` and ``labels_fn`` are saved by name, so a
     function defined outside wherefrom must be passed again to ``wf.load(path, features_fn=...)``.
     """
+
+    has_self_influence = False
 
     def __init__(self, features_fn: Callable[[Any], torch.Tensor] | None = None, k: int = 5, *,
                  labels_fn: Callable[[Any], torch.Tensor] | None = None, execution: Execution | None = None,
@@ -135,5 +138,5 @@ class KNNShapley(Attributor):
         return self.score(test).mean(dim=1)
 
     def self_influence(self) -> torch.Tensor:
-        raise WherefromError("KNN-Shapley has no self-influence: value the training set against held-out data "
+        raise NotApplicableError("KNN-Shapley has no self-influence: value the training set against held-out data "
                              "with values(test) (low values flag suspicious points).")

@@ -232,11 +232,17 @@ class RepresenterPoints(Attributor):
             yield start, a[:, cls] * (f @ ft.T)
 
     def self_influence(self) -> torch.Tensor:
-        """``|α_{i, y_i}| ‖f̃_i‖²``: the magnitude of training point ``i``'s representer value on itself, ``[n]``.
+        """``(1 − σ(Θ* f̃_i)_{y_i}) / (2λn) · ‖f̃_i‖²``: training point ``i``'s representer value on its own labelled
+        logit under its label's residual, ``[n]`` (≥ 0).
 
-        A mislabelled point is fitted against its own label, so its signed value ``α_{i, y_i}`` is large and
-        *negative*; like Yeh et al.'s data debugging, ranking uses the magnitude so that larger = more suspicious.
+        This is ``τ[i, i]`` of the representer theorem for the objective with the true labels (``labels="true"``:
+        ``α_{i, y_i} ‖f̃_i‖²`` exactly). It is large when the fine-tuned last layer gives the point's own label a low
+        probability — a mislabelled point — so larger = more suspicious, as for influence self-scores. With the
+        default soft model labels (``labels="model"``) the label's residual is still what is used: there,
+        ``α_{i, y_i}`` itself compares the model's probability with the fitted layer's, both small for a
+        mislabelled point, and would rank mislabelled points *last*.
         """
         self._require_fit()
-        a = self.alpha_.gather(1, self.train_labels_[:, None])[:, 0]  # type: ignore[union-attr]
-        return a.abs() * self.features_.pow(2).sum(1)  # type: ignore[union-attr]
+        f = self.features_
+        p = F.softmax(f @ self.theta_.T, dim=1).gather(1, self.train_labels_[:, None])[:, 0]  # type: ignore
+        return (1 - p) / (2 * self.l2 * f.shape[0]) * f.pow(2).sum(1)  # type: ignore[union-attr]

@@ -1,7 +1,7 @@
 """TRAK (Park et al. 2023): projected margin gradients, a feature-space kernel inverse and ``Q = 1 − p``.
 
-For each model ``s = 1..M`` (independently trained models, or checkpoints) with its own random projection
-``P_s ∈ R^{p×k}`` (train and test of one model share it):
+For each model ``s = 1..M`` (independently trained models ``models=``, or one run's ``checkpoints=``) with its own
+random projection ``P_s ∈ R^{p×k}`` (train and test of one model share it):
 
     φ_s(z) = P_sᵀ ∇_θ f(z; θ_s)                 f = margin  log(p_y / (1 − p_y)),   [k]
     Φ_s = [φ_s(z_1); …; φ_s(z_n)]               [n, k]
@@ -43,13 +43,14 @@ from torch.utils.data import DataLoader
 
 from wherefrom import targets
 from wherefrom.batches import batch_loop
-from wherefrom.configurable import Configurable
+from wherefrom.configurable import Configurable, callable_name
 from wherefrom.curvature.kernel import KernelSolver
 from wherefrom.errors import WherefromError
 from wherefrom.methods.composed import ComposedAttributor
 from wherefrom.projection import Projection, make_projection
 from wherefrom.sources import FullGradients
 from wherefrom.task import Checkpoint, Task
+from wherefrom.warn import warn
 
 
 class OneMinusProbability(Configurable):
@@ -70,6 +71,21 @@ class OneMinusProbability(Configurable):
         return q / len(attributor._states)
 
 
+def check_loss(task: Task) -> None:
+    """Refuse a regression loss and warn (once per task) that another custom ``loss_fn`` is not used by TRAK."""
+    loss = getattr(task.loss_fn, "fn", task.loss_fn)
+    if loss is targets.cross_entropy:
+        return
+    if loss is targets.mean_squared_error:
+        raise WherefromError("TRAK needs a classifier trained with cross-entropy (it uses margin gradients and "
+                             "1 − p), but the task's loss_fn is mean_squared_error. Use InfluenceFunction, "
+                             "ProjectedInfluence or LoGra for a regression task.")
+    warn(f"TRAK ignores the task's loss_fn ({callable_name(task.loss_fn)}): it uses margin gradients and Q = 1 − p, "
+         "which assume a classifier trained with cross-entropy on batch[1]. If the model was trained with another "
+         "loss, use a method that honours it (InfluenceFunction, ProjectedInfluence, LoGra, TracInCP).",
+         owner=task, key="trak-loss-fn")
+
+
 def target_function(task: Task, target: str | Callable) -> Callable:
     """TRAK's test-side function: ``"margin"``, ``"task"`` (the task's target) or a callable."""
     if target == "margin":
@@ -84,11 +100,28 @@ def target_function(task: Task, target: str | Callable) -> Callable:
 class TRAK(ComposedAttributor):
     """TRAK scores ``[n_train, n_test]`` from an ensemble of models (see the module docstring for the formula).
 
+    **What it uses.** The training side is the gradient of the *margin* ``log(p_y / (1 − p_y))`` weighted by
+    ``Q = 1 − p_y``, which is exact for a classifier trained with cross-entropy on ``batch[1]``; the task's
+    ``loss_fn`` is not used. A task whose ``loss_fn`` is ``wf.targets.mean_squared_error`` (regression) is refused;
+    any other custom ``loss_fn`` gets a warning (once) saying it is ignored.
+
+    **Which models.** ``models=`` are independently trained models (different seeds or random data subsets): the
+    ensemble of the paper. ``checkpoints=`` are checkpoints of one training run used as ensemble members instead
+    (cheaper, and usually a weaker estimate). Without either, TRAK uses the task's final model only — it does *not*
+    take ``task.checkpoints`` (one run's trajectory) as independent models; a note says so once when the task has
+    several.
+
+    **Projection size.** With ``damping = 0`` the kernel ``ΦᵀΦ`` (``k × k``) is singular when ``k`` exceeds the
+    number of training examples or the rank of the margin gradients (``≤ (C − 1)·(d + 1)`` for a ``d → C`` linear
+    layer), and badly conditioned near it: the scores are then dominated by its smallest eigenvalues and the
+    ensemble barely helps (on ``digits-lr``, ``p = 650``: LDS 0.31 at ``k = 512`` for 1, 4 or 10 models). A warning
+    says so once, at fit, when ``k > min(n, p) / 4``: pass a smaller ``proj_dim`` or ``damping > 0``.
+
     Args:
         task: the :class:`~wherefrom.task.Task` (classification with cross-entropy).
-        proj_dim: ``k``, the projection dimension (keep ``k < n`` when ``damping = 0``).
-        checkpoints: the models to ensemble (state_dicts or paths): independently trained models (different seeds
-            or random data subsets) as in the paper. Default: the task's checkpoints, or the current model.
+        proj_dim: ``k``, the projection dimension (keep ``k ≪ min(n, p)`` when ``damping = 0``).
+        checkpoints: checkpoints of one training run (state_dicts or paths) used as the ensemble's members.
+        models: independently trained models (state_dicts or paths) of the same architecture: the ensemble.
         projection: ``"rademacher"`` (default), ``"gaussian"``, ``"sparse"`` or a projection object with
             ``project(block, model_index)``; model ``s`` uses matrix index ``s``.
         damping: ``λ`` added to ``ΦᵀΦ`` (absolute, on the paper's sum-reduced kernel; the library's mean-reduced
@@ -105,14 +138,29 @@ class TRAK(ComposedAttributor):
 
     def __init__(
         self, task: Task, proj_dim: int = 512, checkpoints: Sequence[Checkpoint] | None = None, *,
-        projection: Projection | str = "rademacher", damping: float = 0.0, seed: int = 0,
-        target: str | Callable = "margin", gradients: str = "auto", **execution: Any,
+        models: Sequence[Checkpoint] | None = None, projection: Projection | str = "rademacher",
+        damping: float = 0.0, seed: int = 0, target: str | Callable = "margin", gradients: str = "auto",
+        **execution: Any,
     ) -> None:
         if damping < 0:
             raise WherefromError(f"damping must be >= 0, got {damping}.")
+        if models is not None and checkpoints is not None:
+            raise WherefromError("Pass models= (independently trained models) or checkpoints= (one run's "
+                                 "checkpoints), not both.")
+        check_loss(task)
         proj = make_projection(projection, proj_dim, seed)
         test_fn = target_function(task, target)
-        cks = list(checkpoints) if checkpoints is not None else list(task.checkpoints)
+        if models is not None:
+            cks, self.ensemble_kind = list(models), "models"
+        elif checkpoints is not None:
+            cks, self.ensemble_kind = list(checkpoints), "checkpoints"
+        else:
+            cks, self.ensemble_kind = [], "final"
+            if len(task.checkpoints) > 1:
+                warn(f"TRAK uses the task's final model only: the task's {len(task.checkpoints)} checkpoints are "
+                     "one training run, not independently trained models. Pass models=[...] for the paper's "
+                     "ensemble, or checkpoints=task.checkpoints to use that run's checkpoints as members.",
+                     owner=task, key="trak-final-only")
         super().__init__(task, FullGradients(gradients), KernelSolver(0.0, label="TRAK"), "dot",
                          checkpoints=cks or None, weights=[1.0 / len(cks)] * len(cks) if cks else None,
                          scale="1/n", weight_decay=False, train_fn=targets.margin, test_fn=test_fn,
@@ -121,8 +169,19 @@ class TRAK(ComposedAttributor):
         self.damping = float(damping)
         self.seed = seed
 
+    @property
+    def num_models(self) -> int:
+        """``M``: the number of ensemble members (1 for the final model alone)."""
+        return len(self.checkpoints) if self.checkpoints is not None else 1
+
     def _before_fit(self, n: int) -> None:
         self.preconditioner.damping = self.damping / n  # ΦᵀΦ + λI = n (ΦᵀΦ/n + (λ/n) I)
+        limit = min(n, self.task.num_params) / 4
+        if self.damping == 0 and self.proj_dim > limit:
+            warn(f"TRAK's proj_dim={self.proj_dim} is above min(n_train={n}, parameters={self.task.num_params}) / 4: "
+                 "with damping=0 its kernel ΦᵀΦ is singular or badly conditioned, the scores are dominated by its "
+                 "smallest eigenvalues and ensembling barely helps. Pass proj_dim <= "
+                 f"{max(1, int(limit))} or damping > 0.", owner=self.task, key=f"trak-proj-dim-{self.proj_dim}-{n}")
 
     @property
     def use_layers(self) -> bool:
