@@ -151,3 +151,17 @@ def test_list_shows_rough_costs():
     res = runner.invoke(app, ["bench", "--list"])
     assert res.exit_code == 0
     assert "Rough cost" in res.output and "if-explicit" in res.output
+
+
+def test_metric_a_method_cannot_offer_is_not_applicable_not_a_failure(fakes, cache, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["bench", *TINY, "--methods", "knn-shapley,fake-ok", "--metrics", "auc",
+                              "--cache-dir", str(cache), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = _strict_json(out / "digits-lr.json")
+    rows = {r["method"]: r for r in data["rows"]}
+    knn = rows["knn-shapley"]
+    assert knn["metric_errors"] == {} and knn["metrics"]["auc"]["value"] is None
+    assert "no self-influence" in knn["metrics"]["auc"]["not_applicable"]
+    assert rows["fake-ok"]["metrics"]["auc"]["value"] is not None and data["run"]["failures"] == []
+    assert "| knn-shapley |" in res.output and "n/a" in (out / "digits-lr.md").read_text()
