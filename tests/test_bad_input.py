@@ -147,3 +147,11 @@ def test_ignore_index_labels_are_accepted_by_the_cross_entropy():
     y = _labels_with(Y, 3, -100)  # F.cross_entropy's ignore_index: contributes a zero loss
     scores = _fit(y=y).score((X[:2], Y[:2]))
     assert torch.isfinite(scores).all() and (scores[3] == 0).all()
+
+
+def test_test_side_errors_name_the_test_data():
+    att = _fitted()
+    with pytest.raises(wf.LabelError, match=r"Labels of test examples \[1\] are \[7\]"):
+        att.score((X[:3], _labels_with(Y[:3], 1, 7)))
+    with pytest.raises(wf.WherefromError, match=r"reads? labels from batch\[1\]"):
+        att.score((X[:3],))

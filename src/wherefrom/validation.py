@@ -31,6 +31,13 @@ LABEL_FUNCTIONS = (targets.cross_entropy, targets.margin, targets.log_probabilit
 _IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such labels contribute 0 and are allowed
 
 
+def data_name(what: str) -> str:
+    """Which data a pass reads, for messages: ``"training"`` for the training function, ``"test"`` for the target."""
+    if what.startswith("training"):
+        return "training"
+    return "test" if what == "target" else what
+
+
 def input_tensors(task: Any, batch: Any) -> dict[str, torch.Tensor]:
     """The model inputs of ``batch`` (``task.input_fn``) that are tensors, by position or key."""
     inputs = task.input_fn(batch)
@@ -65,6 +72,7 @@ def _first_layer_hint(model: nn.Module) -> str:
 
 def diagnose_model_failure(task: Any, batch: Any, exc: Exception, what: str, start: int) -> WherefromError:
     """The error to raise when the model failed on the first ``what`` batch (examples from ``start``)."""
+    data = data_name(what)
     tensors = input_tensors(task, batch)
     sig = signature(tensors)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -73,7 +81,7 @@ def diagnose_model_failure(task: Any, batch: Any, exc: Exception, what: str, sta
     if integer and any(w in reason for w in dtype_words) and not isinstance(exc, IndexError):
         found = ", ".join(f"{k} of dtype {sig[k][1]}" for k in integer)
         return InputDtypeError(
-            f"The model failed on the {what} data's {found}: it computes in {str(task.dtype).replace('torch.', '')} "
+            f"The model failed on the {data} data's {found}: it computes in {str(task.dtype).replace('torch.', '')} "
             f"({reason}). Convert the inputs to floating point before attributing, e.g. X.float() / 255 for uint8 "
             "images (torchvision's ToTensor() does this)."
         )
@@ -82,13 +90,13 @@ def diagnose_model_failure(task: Any, batch: Any, exc: Exception, what: str, sta
         expected = {k: s for k, (s, _) in reference.items()}
         actual = {k: s for k, (s, _) in sig.items()}
         return InputShapeError(
-            f"The {what} data has per-example input shape {actual} but the data seen first (the training data) "
-            f"had {expected}, and the model failed on it ({reason}). Pass {what} inputs shaped like the training "
+            f"The {data} data has per-example input shape {actual} but the data seen first (the training data) "
+            f"had {expected}, and the model failed on it ({reason}). Pass {data} inputs shaped like the training "
             "inputs." + _first_layer_hint(task.model)
         )
     shapes = {k: (tuple(v.shape), sig[k][1]) for k, v in tensors.items()}
     return InputMismatchError(
-        f"The model failed on the first {what} batch (examples {start}..{start + _length(tensors) - 1}; inputs "
+        f"The model failed on the first {data} batch (examples {start}..{start + _length(tensors) - 1}; inputs "
         f"(shape, dtype) {shapes}): {reason}. Check that the inputs have the shape and dtype the model was "
         "trained on and that input_fn= picks the model's inputs out of a batch (default: batch[0])."
         + _first_layer_hint(task.model)
@@ -106,6 +114,7 @@ def uses_labels(fn: Any) -> bool:
 
 def check_labels(fn: Any, batch: Any, num_classes: int, start: int, what: str) -> None:
     """Raise :class:`LabelError` naming the examples whose labels are not integers in ``[0, num_classes)``."""
+    data = data_name(what)
     try:
         y = targets.labels_of(batch)
     except TypeError:
@@ -117,7 +126,7 @@ def check_labels(fn: Any, batch: Any, num_classes: int, start: int, what: str) -
         if bool(fractional.any()):
             idx = (start + fractional.nonzero()[:, 0]).tolist()
             raise LabelError(
-                f"Labels of {what} examples {idx[:10]} are not whole numbers ({y.reshape(-1)[fractional][:5].tolist()}"
+                f"Labels of {data} examples {idx[:10]} are not whole numbers ({y.reshape(-1)[fractional][:5].tolist()}"
                 "): class labels must be integers in [0, number of classes). Pass integer class indices (or "
                 "loss_fn= / target_fn= for soft labels)."
             )
@@ -131,7 +140,7 @@ def check_labels(fn: Any, batch: Any, num_classes: int, start: int, what: str) -
     examples = (start + rows).tolist()
     values = [flat[r][bad[r]][0].item() for r in rows[:5].tolist()]
     raise LabelError(
-        f"Labels of {what} examples {examples[:10]} are {values} but the model has {num_classes} output classes: "
+        f"Labels of {data} examples {examples[:10]} are {values} but the model has {num_classes} output classes: "
         f"labels must lie in [0, {num_classes}). Check the label encoding (1-based labels: subtract 1) or the "
         "model's output size."
     )
