@@ -6,7 +6,7 @@
 - :func:`collected` is what every public attributor method runs under: wherefrom's own warnings raised inside (by
   solvers, sources, the batch loop) are recorded and re-issued through :func:`warn` with the attributor as owner, so
   an indefinite-curvature warning appears once, at the line that called ``fit``, not again at every ``score``.
-  Other libraries' warnings are re-issued unchanged.
+  Other libraries' warnings are re-issued unchanged. Collected warnings are issued when the call returns or raises.
 """
 
 from __future__ import annotations
