@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 import wherefrom.layers.builtin  # noqa: F401  (registers the built-in layer types)
+from wherefrom.data.loaders import batch_length
 from wherefrom.errors import WherefromError
 from wherefrom.gradients import Probe, per_example_grad_fn
 from wherefrom.layers.base import DenseIO, KroneckerLayer, LayerCaptureError, LayerIO, LayerType, layer_type_for
+from wherefrom.layers.tied import TiedLayer
 from wherefrom.task import LossFn, Task
 
 
@@ -39,22 +41,43 @@ class LayerSet:
     def __init__(self, task: Task) -> None:
         self.task = task
         selected = set(task.param_names)
+        tied = getattr(task, "tied", {})
+        candidates = selected | {alias for alias, name in tied.items() if name in selected}
         self.layers: dict[str, LayerType] = {}
         self.unsupported: dict[str, str] = {}
-        owned: set[str] = set()
+        users: dict[str, list[LayerType]] = {}  # parameter name -> layers using it (several when tied)
         for name, module in task.model.named_modules():
             cls = layer_type_for(module)
             if cls is None:
                 continue
-            params = cls.owns(name, module, selected)
+            params = cls.owns(name, module, candidates)
             if not params:
                 continue
             reason = cls.unsupported(module)
             if reason is not None:
                 self.unsupported[name] = f"{type(module).__name__}: {reason}"
                 continue
-            self.layers[name] = cls(name, module, params)
-            owned.update(params)
+            layer = cls(name, module, [tied.get(p, p) for p in params])
+            self.layers[name] = layer
+            for p in layer.owned:
+                users.setdefault(p, []).append(layer)
+        uses = {name: 1 + sum(1 for c in tied.values() if c == name) for name in selected}
+        for pname, members in users.items():
+            if len(members) == uses[pname] == 1:
+                continue
+            reason = TiedLayer.reason_unsupported(members) if len(members) == uses[pname] else (
+                "a tied weight also used by a module without a supported layer type")
+            for member in members:
+                self.layers.pop(member.name, None)
+            if reason is None:
+                tied_layer = TiedLayer(members, pname)  # type: ignore[arg-type]
+                self.layers[tied_layer.name] = tied_layer
+            else:
+                for member in members:
+                    self.unsupported[member.name] = f"{type(member.module).__name__}: {reason}"
+        order = {name: k for k, (name, _) in enumerate(task.model.named_modules())}
+        self.layers = dict(sorted(self.layers.items(), key=lambda kv: order[kv[0]]))
+        owned = {p for layer in self.layers.values() for p in layer.owned}
         self.fallback = [n for n in task.param_names if n not in owned]
         self._fallback_task: Task | None = None
 
@@ -91,36 +114,51 @@ class LayerSet:
         task = self.task
         fn = task.loss_fn if fn is None else fn
         layers = [self.layers[n] for n in (names if names is not None else list(self.layers))]
+        hooked = [m for layer in layers for m in (layer.members if isinstance(layer, TiedLayer) else [layer])]
         inputs: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
         handles = []
-        for layer in layers:
-            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = layer.name) -> None:
+        size = batch_length(batch)
+        for layer in hooked:
+            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = layer.name) -> torch.Tensor:
                 if name in outputs:
                     raise LayerCaptureError(
                         f"Layer {name!r} is called more than once per forward pass (shared weights); layer-wise "
                         "methods need each layer used once (per-example gradients then fall back to vmap).")
-                inputs[name] = inp[0].detach()
+                x = inp[0].detach()
+                if out.shape[0] == 1 and size > 1 and x.shape[0] == 1:
+                    # shared across the batch and broadcast later (position embeddings of position_ids [1, T]):
+                    # one copy per example, so that the output gradient stays per example
+                    x = x.expand(size, *x.shape[1:])
+                    out = out.expand(size, *out.shape[1:])
+                inputs[name] = x
                 outputs[name] = out
+                return out
             handles.append(layer.module.register_forward_hook(hook))
         try:
             flat = task.flat_params(state).clone().requires_grad_(True)
             with torch.enable_grad():
                 values = task.per_example(fn, flat, state, batch)
-                missing = [layer.name for layer in layers if layer.name not in outputs]
+                missing = [layer.name for layer in hooked if layer.name not in outputs]
                 if missing:
                     raise LayerCaptureError(
                         f"Layers {missing[:5]} were not called in the forward pass (their weights are used in "
                         "another way, e.g. nn.MultiheadAttention's out_proj); layer-wise methods cannot capture them.")
-                grads = torch.autograd.grad(values.sum(), [outputs[layer.name] for layer in layers],
+                grads = torch.autograd.grad(values.sum(), [outputs[layer.name] for layer in hooked],
                                             allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
-        result = {}
-        for layer, g in zip(layers, grads):
+        single = {}
+        for layer, g in zip(hooked, grads):
             g = torch.zeros_like(outputs[layer.name]) if g is None else g.detach()
-            result[layer.name] = layer.capture(inputs[layer.name], g)
+            single[layer.name] = layer.capture(inputs[layer.name], g)
+        result: dict[str, LayerIO | DenseIO] = {}
+        for layer in layers:
+            if isinstance(layer, TiedLayer):
+                result[layer.name] = layer.capture_members([single[m] for m in layer.member_names()])
+            else:
+                result[layer.name] = single[layer.name]
         return result
 
     def fallback_gradients(self, state: Mapping[str, torch.Tensor], batch: Any,
