@@ -31,11 +31,10 @@ def bert_classifier() -> tuple[torch.nn.Module, DictDataset, DictDataset]:
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=LENGTH, num_labels=2, pad_token_id=1)
+                        intermediate_size=32, max_position_embeddings=LENGTH + 4, num_labels=2, pad_token_id=1)
     model = BertForSequenceClassification(config).double()
     tok = WordTokenizer(VOCAB)
     data = sst2_text("train", N_TRAIN + N_TEST, "classification", max_length=LENGTH, tokenizer=tok)
-    data.tensors = {k: v for k, v in data.tensors.items()}
     _train(model, data, lambda m, b: m(**b).loss)
     return model, data.subset(range(N_TRAIN)), data.subset(range(N_TRAIN, N_TRAIN + N_TEST))
 
@@ -46,7 +45,7 @@ def gpt2_lm() -> tuple[torch.nn.Module, DictDataset, DictDataset]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=LENGTH, bos_token_id=0,
+    config = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=LENGTH + 4, bos_token_id=0,
                         eos_token_id=0, pad_token_id=1)
     model = GPT2LMHeadModel(config).double()
     tok = WordTokenizer(VOCAB)

@@ -143,6 +143,25 @@ def token_cross_entropy_mean(outputs: torch.Tensor, batch: Any) -> torch.Tensor:
     return _reduce(*_token_losses(outputs, batch, shift=False), mean=True)
 
 
+@goodness
+def causal_lm_margin(outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    """Per-example sum of next-token margins ``Σ_t log(p_t / (1 − p_t))`` of a causal LM over the tokens that count
+    (as in :func:`causal_lm_loss`), ``[B]``. Higher is better. TRAK's training side for language models
+    (``TRAK(task, train_target=causal_lm_margin)``).
+    """
+    if isinstance(batch, dict) and "labels" not in batch and "input_ids" in batch:
+        labels = batch["input_ids"]
+    else:
+        labels = labels_of(batch)
+    _, mask = _token_losses(outputs, batch, shift=True)  # validates shapes, builds the mask
+    logits, y = outputs[:, :-1], labels[:, 1:].long()
+    y = torch.where(mask, y, torch.zeros_like(y))
+    correct = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    is_label = torch.arange(logits.shape[-1], device=logits.device) == y.unsqueeze(-1)
+    others = torch.logsumexp(logits.masked_fill(is_label, float("-inf")), dim=-1)
+    return ((correct - others) * mask.to(logits.dtype)).sum(dim=1)
+
+
 def sequence_cross_entropy(reduction: str = "sum", shift: bool = True) -> TargetFn:
     """The per-example sequence loss for ``reduction`` (``"sum"`` or ``"mean"`` of the token losses) and ``shift``
     (``True``: causal LM, the logits at ``t`` predict token ``t + 1``; ``False``: one label per position).

@@ -150,9 +150,11 @@ class LayerSet:
             for h in handles:
                 h.remove()
         single = {}
+        mask = padding_mask(batch)
         for layer, g in zip(hooked, grads):
             g = torch.zeros_like(outputs[layer.name]) if g is None else g.detach()
-            single[layer.name] = layer.capture(inputs[layer.name], g)
+            io = layer.capture(inputs[layer.name], g)
+            single[layer.name] = drop_padding(io, mask) if mask is not None else io
         result: dict[str, LayerIO | DenseIO] = {}
         for layer in layers:
             if isinstance(layer, TiedLayer):
@@ -191,6 +193,30 @@ class LayerSet:
                 out[:, s] = fallback[:, offset: offset + size]
                 offset += size
         return out
+
+
+def padding_mask(batch: Any) -> torch.Tensor | None:
+    """``[B, T]`` bool, True at padding (``attention_mask == 0``) of a dict batch with padding, else None."""
+    if not isinstance(batch, dict) or not isinstance(batch.get("attention_mask"), torch.Tensor):
+        return None
+    mask = batch["attention_mask"]
+    if mask.dim() != 2 or bool(mask.all()):
+        return None
+    return mask == 0
+
+
+def drop_padding(io: LayerIO | DenseIO, pad: torch.Tensor) -> LayerIO | DenseIO:
+    """Zero the inputs ``a`` of a Kronecker capture at padding positions whose output gradient is exactly 0.
+
+    Such positions add nothing to the per-example gradient ``Σ_t δ_t ãᵀ_t``; zeroing ``ã`` there keeps padding out
+    of K-FAC's input covariance and of LoGra's projected inputs, so padding changes no EK-FAC or LoGra score. A
+    capture whose positions do not line up with the mask, or with a non-zero gradient at padding, is unchanged.
+    """
+    if not isinstance(io, LayerIO) or io.a.shape[:2] != pad.shape:
+        return io
+    if bool(io.delta[pad].any()):
+        return io
+    return LayerIO(io.name, io.a.masked_fill(pad.unsqueeze(-1), 0), io.delta, io.has_bias, io.transposed)
 
 
 def last_linear_layer(model: nn.Module) -> str:
