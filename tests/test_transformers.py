@@ -12,12 +12,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-import wherefrom as wf  # noqa: E402
-from wherefrom.data.text import DictDataset  # noqa: E402
-from wherefrom.layers import LayerSet  # noqa: E402
-from wherefrom.sources import FullGradients  # noqa: E402
-
-from hf_models import bert_classifier, gpt2_lm  # noqa: E402
+import wherefrom as wf
+from hf_models import bert_classifier, gpt2_lm
+from wherefrom.data.text import DictDataset
+from wherefrom.layers import LayerSet
+from wherefrom.sources import FullGradients
 
 MODELS = {"bert": bert_classifier, "gpt2": gpt2_lm}
 

@@ -2,8 +2,10 @@
 
 A target is either *loss-like* (lower is better, e.g. the cross-entropy) or a *goodness* (higher is better, e.g.
 the margin). Sequence models (token logits ``[B, T, V]``) use :func:`sequence_cross_entropy`: the per-example loss
-is the sum (or mean) of the token losses, with padding and ignored labels (``-100``) masked out. Every attributor returns "positive = helpful": for a loss-like target a helpful training example
-lowers the test target, for a goodness it raises it. A callable marks itself as a goodness with the attribute
+is the sum (or mean) of the token losses, with padding and ignored labels (``-100``) masked out.
+
+Every attributor returns "positive = helpful": for a loss-like target a helpful training example lowers the test
+target, for a goodness it raises it. A callable marks itself as a goodness with the attribute
 ``higher_is_better = True`` (see :func:`goodness`).
 """
 
