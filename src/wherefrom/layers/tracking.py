@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-import wherefrom.layers.builtin  # noqa: F401  (registers the built-in layer types)
+import wherefrom.layers.builtin
+import wherefrom.layers.embedding  # noqa: F401  (nn.Embedding from ids, after the built-in one-hot rule)
 from wherefrom.data.loaders import batch_length
 from wherefrom.errors import WherefromError
 from wherefrom.gradients import Probe, per_example_grad_fn
@@ -175,7 +176,7 @@ class LayerSet:
         slices = self.task.param_slices()
         first = next(iter(captures.values())) if captures else None
         if first is not None:
-            ref = first.a if isinstance(first, LayerIO) else next(iter(first.grads.values()))
+            ref = first.delta if isinstance(first, LayerIO) else next(iter(first.grads.values()))
         else:
             ref = fallback
         if ref is None:
@@ -212,11 +213,11 @@ def drop_padding(io: LayerIO | DenseIO, pad: torch.Tensor) -> LayerIO | DenseIO:
     of K-FAC's input covariance and of LoGra's projected inputs, so padding changes no EK-FAC or LoGra score. A
     capture whose positions do not line up with the mask, or with a non-zero gradient at padding, is unchanged.
     """
-    if not isinstance(io, LayerIO) or io.a.shape[:2] != pad.shape:
+    if not isinstance(io, LayerIO) or io.delta.shape[:2] != pad.shape:
         return io
     if bool(io.delta[pad].any()):
         return io
-    return LayerIO(io.name, io.a.masked_fill(pad.unsqueeze(-1), 0), io.delta, io.has_bias, io.transposed)
+    return io.without_positions(pad)
 
 
 def last_linear_layer(model: nn.Module) -> str:
