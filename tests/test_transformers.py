@@ -183,3 +183,10 @@ def test_default_loss_on_token_logits_names_the_sequence_losses():
         wf.TracInCP(plain, checkpoints=[plain.state(None)], progress=False).fit(train.subset(range(4)))
     with pytest.raises(wf.WherefromError, match="reduction"):
         wf.targets.sequence_cross_entropy("max")
+
+
+def test_vmap_on_a_model_with_data_dependent_forward_says_what_to_do():
+    task, train, _ = make_task("bert")
+    with pytest.raises(wf.WherefromError, match="registered layer types"):
+        wf.TracInCP(task, checkpoints=[task.state(None)], source=wf.sources.FullGradients("vmap"),
+                    progress=False).fit(train.subset(range(2)))

@@ -24,7 +24,7 @@ import wherefrom.layers.builtin
 import wherefrom.layers.embedding  # noqa: F401  (nn.Embedding from ids, after the built-in one-hot rule)
 from wherefrom.data.loaders import batch_length
 from wherefrom.errors import WherefromError
-from wherefrom.gradients import Probe, per_example_grad_fn
+from wherefrom.gradients import Probe, vmap_gradients
 from wherefrom.layers.base import DenseIO, KroneckerLayer, LayerCaptureError, LayerIO, LayerType, layer_type_for
 from wherefrom.layers.tied import TiedLayer
 from wherefrom.task import LossFn, Task
@@ -169,7 +169,7 @@ class LayerSet:
         """Per-example gradients ``[B, p_fallback]`` of the fallback parameters (vmap)."""
         sub = self.fallback_task
         fn = self.task.loss_fn if fn is None else fn
-        return per_example_grad_fn(sub, fn, state)(sub.flat_params(state), batch).detach()
+        return vmap_gradients(sub, fn, state, batch)
 
     def flat(self, captures: Mapping[str, LayerIO | DenseIO], fallback: torch.Tensor | None = None) -> torch.Tensor:
         """Assemble per-example gradients ``[B, p]`` in the task's flat order (zeros where nothing was given)."""
