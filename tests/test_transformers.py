@@ -190,3 +190,11 @@ def test_vmap_on_a_model_with_data_dependent_forward_says_what_to_do():
     with pytest.raises(wf.WherefromError, match="registered layer types"):
         wf.TracInCP(task, checkpoints=[task.state(None)], source=wf.sources.FullGradients("vmap"),
                     progress=False).fit(train.subset(range(2)))
+
+
+def test_saved_attributor_on_a_causal_lm_reloads_with_its_sequence_loss(tmp_path):
+    task, train, test = make_task("gpt2")
+    att = wf.LoGra(task, rank=4, progress=False).fit(train.subset(range(6)))
+    att.save(tmp_path / "logra")
+    again = wf.load(tmp_path / "logra", wf.Task(task.model, loss_fn=wf.targets.causal_lm_loss))
+    torch.testing.assert_close(again.score(test.subset(range(2))), att.score(test.subset(range(2))), rtol=0, atol=0)
