@@ -198,3 +198,19 @@ def test_saved_attributor_on_a_causal_lm_reloads_with_its_sequence_loss(tmp_path
     att.save(tmp_path / "logra")
     again = wf.load(tmp_path / "logra", wf.Task(task.model, loss_fn=wf.targets.causal_lm_loss))
     torch.testing.assert_close(again.score(test.subset(range(2))), att.score(test.subset(range(2))), rtol=0, atol=0)
+
+
+def test_batches_from_a_collator_returning_batch_encoding_work_unchanged():
+    from torch.utils.data import DataLoader
+    from transformers import BatchEncoding
+
+    task, train, test = make_task("bert")
+    train = train.subset(range(6))
+
+    def collate(items):
+        return BatchEncoding({k: torch.stack([it[k] for it in items]) for k in items[0]})
+
+    loader = DataLoader(train, batch_size=4, collate_fn=collate)
+    a = wf.TracInCP(task, checkpoints=[task.state(None)], progress=False).fit(loader).score(test.subset(range(2)))
+    b = wf.TracInCP(task, checkpoints=[task.state(None)], progress=False).fit(train).score(test.subset(range(2)))
+    torch.testing.assert_close(a, b)
