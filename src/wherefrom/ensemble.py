@@ -113,7 +113,7 @@ class DropoutEnsemble(Attributor):
         model.load_state_dict(t.state(None))
         masked = masked_copy(model, self.layers, self.p, [self.seed, s])
         return Task(masked, loss_fn=t.loss_fn, target_fn=t.target_fn, params=t.param_names,
-                    weight_decay=t.weight_decay, input_fn=t.input_fn)
+                    weight_decay=t.weight_decay, input_fn=t.input_fn, output_fn=t.output_fn)
 
     def fit(self, train: DataLike) -> DropoutEnsemble:
         self.members_ = [self.make_attributor(self.member_task(s)).fit(train) for s in range(self.n_masks)]

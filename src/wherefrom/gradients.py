@@ -22,7 +22,7 @@ from torch.func import grad, vmap
 from torch.utils.data import DataLoader
 
 from wherefrom.batches import batch_loop
-from wherefrom.errors import NonFiniteGradientError
+from wherefrom.errors import NonFiniteGradientError, WherefromError
 from wherefrom.task import LossFn, Task
 
 
@@ -71,6 +71,27 @@ def per_example_grad_fn(task: Task, fn: LossFn | Probe, state: Mapping[str, torc
         return task.per_example(plain, flat, state, _unsqueeze_tree(example)).reshape(-1)[0]
 
     return vmap(grad(single), in_dims=(None, 0), randomness=task.vmap_randomness)
+
+
+def vmap_gradients(task: Task, fn: LossFn | Probe, state: Mapping[str, torch.Tensor], batch: Any,
+                   flat: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`per_example_grad_fn` applied to a batch, with a clear error when the model cannot be vmapped.
+
+    Models whose forward branches on data (Hugging Face attention-mask code, ``.item()``) cannot run under
+    ``torch.func.vmap``; their parameters must then all belong to registered layer types (layer captures).
+    """
+    flat = task.flat_params(state) if flat is None else flat
+    try:
+        return per_example_grad_fn(task, fn, state)(flat, batch).detach()
+    except RuntimeError as exc:
+        if "vmap" not in str(exc):
+            raise
+        raise WherefromError(
+            f"Per-example gradients of parameters {task.param_names[:6]} need torch.func.vmap, which this model does "
+            "not support (its forward branches on data, as Hugging Face attention-mask code does). Select only "
+            "parameters of registered layer types (wherefrom.layers: Linear, Embedding, LayerNorm, GPT-2 Conv1D, "
+            "...) with gradients='auto', or register a layer type for the module that owns them."
+        ) from exc
 
 
 def check_finite(block: torch.Tensor, start: int, what: str) -> None:

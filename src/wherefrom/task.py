@@ -35,12 +35,44 @@ _STOCHASTIC_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._Batch
 
 
 def default_input_fn(batch: Any) -> Any:
-    """Model inputs of a ``(inputs, labels, ...)`` batch: its first element (or the batch if it is a tensor)."""
+    """Model inputs of a batch: its first element for ``(inputs, labels, ...)``, the tensor itself, or for a dict
+    batch (Hugging Face style: ``input_ids``, ``attention_mask``, ``labels``, ...) every entry except ``labels``,
+    passed to the model as keywords (so the model does not compute its own batch-mean loss)."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, dict):
         return {k: v for k, v in batch.items() if k != "labels"}
     return batch[0]
+
+
+def default_output_fn(outputs: Any) -> Any:
+    """What the loss and target functions receive: the ``logits`` of a Hugging Face ``ModelOutput`` (any object
+    with a ``logits`` attribute, or a dict with a ``"logits"`` entry), otherwise the model's outputs unchanged.
+
+    A Hugging Face model's ``.loss`` is a mean over the batch, not one value per example, so wherefrom computes
+    per-example losses from the logits (see :mod:`wherefrom.targets`). Pass ``output_fn=lambda out: out`` to a
+    :class:`Task` to give ``loss_fn`` the whole output object.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and "logits" in outputs:
+        return outputs["logits"]
+    logits = getattr(outputs, "logits", None)
+    return outputs if logits is None else logits
+
+
+def tied_parameter_names(model: nn.Module) -> dict[str, str]:
+    """``{alias: name}`` for parameters registered under several names (tied weights, e.g. GPT-2's ``lm_head.weight``
+    and ``transformer.wte.weight``): ``name`` is the one ``named_parameters()`` lists (the first), the aliases are
+    the others."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
 
 
 class Task:
@@ -58,7 +90,13 @@ class Task:
         checkpoints: state_dicts or paths to them (read with ``weights_only=True``), oldest first. Methods that
             need one trained model use the last one; without checkpoints the model's current state is used.
         input_fn: ``input_fn(batch) -> inputs`` for the model (a tuple is unpacked, a dict passed as keywords).
-            Default: ``batch[0]``.
+            Default (:func:`default_input_fn`): ``batch[0]``; for a dict batch every entry except ``"labels"``.
+        output_fn: ``output_fn(model_outputs) -> outputs`` given to ``loss_fn`` / ``target_fn`` (and to every
+            curvature computed on outputs). Default (:func:`default_output_fn`): the ``.logits`` of a Hugging Face
+            ``ModelOutput``, otherwise the outputs unchanged.
+
+    Tied parameters (one ``nn.Parameter`` registered under several names) are one parameter, under the name
+    ``named_parameters()`` gives it; its per-example gradient sums every use.
 
     The training objective is ``R(θ) = (1/n) Σ_i ℓ(z_i; θ) + (wd/2)‖θ‖²`` over the selected parameters.
     """
@@ -72,6 +110,7 @@ class Task:
         weight_decay: float = 0.0,
         checkpoints: Sequence[Checkpoint] | None = None,
         input_fn: Callable[[Any], Any] | None = None,
+        output_fn: Callable[[Any], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise WherefromError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -89,6 +128,9 @@ class Task:
                     "torch.save(model.state_dict(), path), or the state_dicts themselves."
                 )
         self.input_fn = input_fn if input_fn is not None else default_input_fn
+        self.output_fn = output_fn if output_fn is not None else default_output_fn
+        #: ``{alias: parameter name}`` of tied parameters (see :func:`tied_parameter_names`).
+        self.tied: dict[str, str] = tied_parameter_names(model)
         self.param_names: list[str] = self._select_params(params)
         #: names of modules kept in training mode during attribution (dropout ensembles); see ``attribution_mode``.
         self.train_mode_modules: tuple[str, ...] = ()
@@ -120,6 +162,7 @@ class Task:
                 )
             names = []
             for w in wanted:
+                w = self.tied.get(w, w) if isinstance(w, str) else w
                 hits = [n for n in named if n == w or n.startswith(w + ".")] if isinstance(w, str) else []
                 if not hits:
                     raise ParameterSelectionError(
@@ -155,7 +198,8 @@ class Task:
     def restrict(self, params: Sequence[str] | str) -> Task:
         """The same task (model, loss, target, weight decay, checkpoints, inputs) with other selected parameters."""
         view = Task(self.model, loss_fn=self.loss_fn, target_fn=self.target_fn, params=params,
-                    weight_decay=self.weight_decay, checkpoints=self.checkpoints, input_fn=self.input_fn)
+                    weight_decay=self.weight_decay, checkpoints=self.checkpoints, input_fn=self.input_fn,
+                    output_fn=self.output_fn)
         view.train_mode_modules = self.train_mode_modules
         view.vmap_randomness = self.vmap_randomness
         return view
@@ -214,15 +258,18 @@ class Task:
         return move_batch(batch, self.device, self.dtype)
 
     def outputs(self, flat: torch.Tensor, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        """Model outputs on ``batch`` with the selected parameters set to the flat vector ``flat``."""
-        merged = dict(state)
+        """Model outputs on ``batch`` with the selected parameters set to the flat vector ``flat``, passed through
+        ``output_fn`` (the logits of a Hugging Face model)."""
+        merged = {k: v for k, v in state.items() if k not in self.tied}  # an alias follows its parameter
         merged.update(self.unflatten(flat))
         inputs = self.input_fn(batch)
         if isinstance(inputs, tuple):
-            return functional_call(self.model, merged, inputs)
-        if isinstance(inputs, dict):
-            return functional_call(self.model, merged, (), inputs)
-        return functional_call(self.model, merged, (inputs,))
+            out = functional_call(self.model, merged, inputs)
+        elif isinstance(inputs, dict):
+            out = functional_call(self.model, merged, (), inputs)
+        else:
+            out = functional_call(self.model, merged, (inputs,))
+        return self.output_fn(out)
 
     def per_example(
         self, fn: LossFn, flat: torch.Tensor, state: Mapping[str, torch.Tensor], batch: Any

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -107,7 +107,7 @@ def move_batch(batch: Any, device: torch.device, dtype: torch.dtype | None = Non
     if isinstance(batch, (list, tuple)):
         moved = [move_batch(b, device, dtype) for b in batch]
         return type(batch)(moved) if isinstance(batch, tuple) and not hasattr(batch, "_fields") else moved
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict, or a Hugging Face BatchEncoding (becomes a plain dict)
         return {k: move_batch(v, device, dtype) for k, v in batch.items()}
     return batch
 
@@ -118,6 +118,6 @@ def batch_length(batch: Any) -> int:
         return batch.shape[0]
     if isinstance(batch, (list, tuple)):
         return batch_length(batch[0])
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return batch_length(next(iter(batch.values())))
     raise WherefromError(f"Cannot find a tensor in a batch of type {type(batch).__name__}.")

@@ -26,6 +26,8 @@ from wherefrom.layers.builtin import (
     LayerNormLayer,
     LinearLayer,
 )
+from wherefrom.layers.embedding import IndexedEmbeddingLayer, IndexedIO
+from wherefrom.layers.tied import TiedLayer
 from wherefrom.layers.tracking import (
     LayerSet,
     capture_layers,
@@ -43,6 +45,8 @@ __all__ = [
     "DenseLayer",
     "EmbeddingLayer",
     "GPT2Conv1DLayer",
+    "IndexedEmbeddingLayer",
+    "IndexedIO",
     "KroneckerLayer",
     "LayerCaptureError",
     "LayerIO",
@@ -51,6 +55,7 @@ __all__ = [
     "LayerSpec",
     "LayerType",
     "LinearLayer",
+    "TiedLayer",
     "capture_layers",
     "flat_from_layers",
     "kronecker_layers",

@@ -34,7 +34,7 @@ Registering a layer type takes a few lines, e.g. GPT-2's ``Conv1D`` (``y = x W +
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -132,6 +132,14 @@ class LayerIO:
         if self.a.shape[1] == 1:  # one position: a broadcast outer product is cheaper than einsum
             return self.delta[:, 0, :, None] * self.a[:, 0, None, :]
         return torch.einsum("bto,bti->boi", self.delta, self.a)
+
+    def project_inputs(self, P: torch.Tensor | None) -> torch.Tensor:
+        """``P ã_t`` for every position, ``[B, T, k]`` (``P`` ``[k, d_in(+1)]``; ``None`` is the identity)."""
+        return self.a if P is None else self.a @ P.T.to(device=self.a.device, dtype=self.a.dtype)
+
+    def without_positions(self, drop: torch.Tensor) -> LayerIO:
+        """The same capture with ``ã_t = 0`` where ``drop`` ``[B, T]`` is True (positions that add nothing)."""
+        return replace(self, a=self.a.masked_fill(drop.unsqueeze(-1), 0))
 
 
 @dataclass

@@ -20,10 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-import wherefrom.layers.builtin  # noqa: F401  (registers the built-in layer types)
+import wherefrom.layers.builtin
+import wherefrom.layers.embedding  # noqa: F401  (nn.Embedding from ids, after the built-in one-hot rule)
+from wherefrom.data.loaders import batch_length
 from wherefrom.errors import WherefromError
-from wherefrom.gradients import Probe, per_example_grad_fn
+from wherefrom.gradients import Probe, vmap_gradients
 from wherefrom.layers.base import DenseIO, KroneckerLayer, LayerCaptureError, LayerIO, LayerType, layer_type_for
+from wherefrom.layers.tied import TiedLayer
 from wherefrom.task import LossFn, Task
 
 
@@ -39,22 +42,43 @@ class LayerSet:
     def __init__(self, task: Task) -> None:
         self.task = task
         selected = set(task.param_names)
+        tied = getattr(task, "tied", {})
+        candidates = selected | {alias for alias, name in tied.items() if name in selected}
         self.layers: dict[str, LayerType] = {}
         self.unsupported: dict[str, str] = {}
-        owned: set[str] = set()
+        users: dict[str, list[LayerType]] = {}  # parameter name -> layers using it (several when tied)
         for name, module in task.model.named_modules():
             cls = layer_type_for(module)
             if cls is None:
                 continue
-            params = cls.owns(name, module, selected)
+            params = cls.owns(name, module, candidates)
             if not params:
                 continue
             reason = cls.unsupported(module)
             if reason is not None:
                 self.unsupported[name] = f"{type(module).__name__}: {reason}"
                 continue
-            self.layers[name] = cls(name, module, params)
-            owned.update(params)
+            layer = cls(name, module, [tied.get(p, p) for p in params])
+            self.layers[name] = layer
+            for p in layer.owned:
+                users.setdefault(p, []).append(layer)
+        uses = {name: 1 + sum(1 for c in tied.values() if c == name) for name in selected}
+        for pname, members in users.items():
+            if len(members) == uses[pname] == 1:
+                continue
+            reason = TiedLayer.reason_unsupported(members) if len(members) == uses[pname] else (
+                "a tied weight also used by a module without a supported layer type")
+            for member in members:
+                self.layers.pop(member.name, None)
+            if reason is None:
+                tied_layer = TiedLayer(members, pname)  # type: ignore[arg-type]
+                self.layers[tied_layer.name] = tied_layer
+            else:
+                for member in members:
+                    self.unsupported[member.name] = f"{type(member.module).__name__}: {reason}"
+        order = {name: k for k, (name, _) in enumerate(task.model.named_modules())}
+        self.layers = dict(sorted(self.layers.items(), key=lambda kv: order[kv[0]]))
+        owned = {p for layer in self.layers.values() for p in layer.owned}
         self.fallback = [n for n in task.param_names if n not in owned]
         self._fallback_task: Task | None = None
 
@@ -91,36 +115,53 @@ class LayerSet:
         task = self.task
         fn = task.loss_fn if fn is None else fn
         layers = [self.layers[n] for n in (names if names is not None else list(self.layers))]
+        hooked = [m for layer in layers for m in (layer.members if isinstance(layer, TiedLayer) else [layer])]
         inputs: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
         handles = []
-        for layer in layers:
-            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = layer.name) -> None:
+        size = batch_length(batch)
+        for layer in hooked:
+            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = layer.name) -> torch.Tensor:
                 if name in outputs:
                     raise LayerCaptureError(
                         f"Layer {name!r} is called more than once per forward pass (shared weights); layer-wise "
                         "methods need each layer used once (per-example gradients then fall back to vmap).")
-                inputs[name] = inp[0].detach()
+                x = inp[0].detach()
+                if out.shape[0] == 1 and size > 1 and x.shape[0] == 1:
+                    # shared across the batch and broadcast later (position embeddings of position_ids [1, T]):
+                    # one copy per example, so that the output gradient stays per example
+                    x = x.expand(size, *x.shape[1:])
+                    out = out.expand(size, *out.shape[1:])
+                inputs[name] = x
                 outputs[name] = out
+                return out
             handles.append(layer.module.register_forward_hook(hook))
         try:
             flat = task.flat_params(state).clone().requires_grad_(True)
             with torch.enable_grad():
                 values = task.per_example(fn, flat, state, batch)
-                missing = [layer.name for layer in layers if layer.name not in outputs]
+                missing = [layer.name for layer in hooked if layer.name not in outputs]
                 if missing:
                     raise LayerCaptureError(
                         f"Layers {missing[:5]} were not called in the forward pass (their weights are used in "
                         "another way, e.g. nn.MultiheadAttention's out_proj); layer-wise methods cannot capture them.")
-                grads = torch.autograd.grad(values.sum(), [outputs[layer.name] for layer in layers],
+                grads = torch.autograd.grad(values.sum(), [outputs[layer.name] for layer in hooked],
                                             allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
-        result = {}
-        for layer, g in zip(layers, grads):
+        single = {}
+        mask = padding_mask(batch)
+        for layer, g in zip(hooked, grads):
             g = torch.zeros_like(outputs[layer.name]) if g is None else g.detach()
-            result[layer.name] = layer.capture(inputs[layer.name], g)
+            io = layer.capture(inputs[layer.name], g)
+            single[layer.name] = drop_padding(io, mask) if mask is not None else io
+        result: dict[str, LayerIO | DenseIO] = {}
+        for layer in layers:
+            if isinstance(layer, TiedLayer):
+                result[layer.name] = layer.capture_members([single[m] for m in layer.member_names()])
+            else:
+                result[layer.name] = single[layer.name]
         return result
 
     def fallback_gradients(self, state: Mapping[str, torch.Tensor], batch: Any,
@@ -128,14 +169,14 @@ class LayerSet:
         """Per-example gradients ``[B, p_fallback]`` of the fallback parameters (vmap)."""
         sub = self.fallback_task
         fn = self.task.loss_fn if fn is None else fn
-        return per_example_grad_fn(sub, fn, state)(sub.flat_params(state), batch).detach()
+        return vmap_gradients(sub, fn, state, batch)
 
     def flat(self, captures: Mapping[str, LayerIO | DenseIO], fallback: torch.Tensor | None = None) -> torch.Tensor:
         """Assemble per-example gradients ``[B, p]`` in the task's flat order (zeros where nothing was given)."""
         slices = self.task.param_slices()
         first = next(iter(captures.values())) if captures else None
         if first is not None:
-            ref = first.a if isinstance(first, LayerIO) else next(iter(first.grads.values()))
+            ref = first.delta if isinstance(first, LayerIO) else next(iter(first.grads.values()))
         else:
             ref = fallback
         if ref is None:
@@ -153,6 +194,30 @@ class LayerSet:
                 out[:, s] = fallback[:, offset: offset + size]
                 offset += size
         return out
+
+
+def padding_mask(batch: Any) -> torch.Tensor | None:
+    """``[B, T]`` bool, True at padding (``attention_mask == 0``) of a dict batch with padding, else None."""
+    if not isinstance(batch, dict) or not isinstance(batch.get("attention_mask"), torch.Tensor):
+        return None
+    mask = batch["attention_mask"]
+    if mask.dim() != 2 or bool(mask.all()):
+        return None
+    return mask == 0
+
+
+def drop_padding(io: LayerIO | DenseIO, pad: torch.Tensor) -> LayerIO | DenseIO:
+    """Zero the inputs ``a`` of a Kronecker capture at padding positions whose output gradient is exactly 0.
+
+    Such positions add nothing to the per-example gradient ``Σ_t δ_t ãᵀ_t``; zeroing ``ã`` there keeps padding out
+    of K-FAC's input covariance and of LoGra's projected inputs, so padding changes no EK-FAC or LoGra score. A
+    capture whose positions do not line up with the mask, or with a non-zero gradient at padding, is unchanged.
+    """
+    if not isinstance(io, LayerIO) or io.delta.shape[:2] != pad.shape:
+        return io
+    if bool(io.delta[pad].any()):
+        return io
+    return io.without_positions(pad)
 
 
 def last_linear_layer(model: nn.Module) -> str:

@@ -54,10 +54,13 @@ from wherefrom.warn import warn
 
 
 class OneMinusProbability(Configurable):
-    """Training-row weights ``ρ_i = (1/M) Σ_s (1 − p_i(θ_s)) = mean_s σ(−margin_i(θ_s))`` (float64, ``[n]``)."""
+    """Training-row weights ``ρ_i = (1/M) Σ_s (1 − p_i(θ_s)) = mean_s σ(−margin_i(θ_s))`` (float64, ``[n]``), with
+    the margin being the attributor's training function (``train_target``)."""
 
     def fit(self, attributor: ComposedAttributor, loader: DataLoader) -> torch.Tensor:
         task = attributor.task
+        margin_fn = attributor.train_fn if targets.is_goodness(attributor.train_fn or task.loss_fn) else None
+        margin_fn = margin_fn or targets.margin
         q = torch.zeros(attributor.n_train, dtype=torch.float64, device=task.device)
         for state in attributor._states:
             flat = task.flat_params(state)
@@ -65,7 +68,7 @@ class OneMinusProbability(Configurable):
             with torch.no_grad():
                 for _, batch in batch_loop(task, loader, state, check=False, desc="TRAK 1 - p",
                                            progress=attributor.progress):
-                    margin = task.per_example(targets.margin, flat, state, batch)
+                    margin = task.per_example(margin_fn, flat, state, batch)
                     parts.append(torch.sigmoid(-margin.to(torch.float64)))
             q += torch.cat(parts)
         return q / len(attributor._states)
@@ -132,6 +135,9 @@ class TRAK(ComposedAttributor):
             the same gradients; captures are much faster on CPU.
         target: what is explained on test points: ``"margin"`` (default, as in the paper), ``"task"`` (the task's
             ``target_fn``) or a callable ``f(outputs, batch) -> [B]``.
+        train_target: the training-side margin (its gradients are the training features, ``σ(−margin)`` the row
+            weights ``Q``). Default :func:`wherefrom.targets.margin`; for a causal language model
+            :func:`wherefrom.targets.causal_lm_margin` (the sum of the next-token margins).
     The remaining keyword arguments (``execution``, ``batch_size``, ``memory_gb``, ``cache_dir``, ``progress``)
     are those of :class:`~wherefrom.methods.composed.ComposedAttributor`.
     """
@@ -140,6 +146,7 @@ class TRAK(ComposedAttributor):
         self, task: Task, proj_dim: int = 512, checkpoints: Sequence[Checkpoint] | None = None, *,
         models: Sequence[Checkpoint] | None = None, projection: Projection | str = "rademacher",
         damping: float = 0.0, seed: int = 0, target: str | Callable = "margin", gradients: str = "auto",
+        train_target: Callable = targets.margin,
         **execution: Any,
     ) -> None:
         if damping < 0:
@@ -163,7 +170,7 @@ class TRAK(ComposedAttributor):
                      owner=task, key="trak-final-only")
         super().__init__(task, FullGradients(gradients), KernelSolver(0.0, label="TRAK"), "dot",
                          checkpoints=cks or None, weights=[1.0 / len(cks)] * len(cks) if cks else None,
-                         scale="1/n", weight_decay=False, train_fn=targets.margin, test_fn=test_fn,
+                         scale="1/n", weight_decay=False, train_fn=train_target, test_fn=test_fn,
                          train_weights=OneMinusProbability(), projection=proj, **execution)
         self.proj_dim = proj_dim
         self.damping = float(damping)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from wherefrom.errors import WherefromError
-from wherefrom.gradients import Probe, per_example_grad_fn
+from wherefrom.gradients import Probe, vmap_gradients
 from wherefrom.layers.base import LayerCaptureError, LayerIO
 from wherefrom.layers.tracking import LayerSet
 from wherefrom.sources.base import FeatureBlock, GradientSource, SampleBatch, kronecker_block
@@ -85,7 +85,7 @@ class FullGradients(GradientSource):
                     raise
                 log.info("per-example gradients fall back to vmap: %s", exc)
                 self.use_layers = False
-        return per_example_grad_fn(task, fn, state)(task.flat_params(state), batch).detach()
+        return vmap_gradients(task, fn, state, batch)
 
     def batch_sample(self, state: Mapping[str, torch.Tensor], batch: Any, probe: LossFn | Probe,
                      c: int = 0) -> SampleBatch:

@@ -115,8 +115,8 @@ class KroneckerProjectedGradients(GradientSource):
             if block.spec is not None:
                 io = captures[block.name]
                 assert isinstance(io, LayerIO)
-                P_in, P_out = self.layer_factors(c, block.name, io.a.device)
-                out.kronecker[block.name] = (_apply(io.a, P_in), _apply(io.delta, P_out))
+                P_in, P_out = self.layer_factors(c, block.name, io.delta.device)
+                out.kronecker[block.name] = (io.project_inputs(P_in), _apply(io.delta, P_out))
                 continue
             if block.fallback:
                 rows = fallback[:, offsets[block.name]: offsets[block.name] + pb.size]  # type: ignore[index]
