@@ -145,3 +145,43 @@ def test_explicit_and_cg_solves_on_the_structured_path_equal_the_generic_solves(
     torch.testing.assert_close(ExplicitSolver(damping=1e-2).fit(fast).solve(V), ref, **TOL)
     cg = CGSolver(damping=1e-2, tol=1e-12, max_iter=500).fit(fast)
     torch.testing.assert_close(cg.solve(V), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_cg_stops_each_column_at_its_own_tolerance_and_reaches_the_explicit_solution():
+    fast, slow, *_ = _objectives("embedding")
+    V = torch.randn(5, fast.p, dtype=torch.float64)
+    V[0] *= 1e-3  # scale does not matter (relative residuals) ...
+    V[1] = torch.linalg.eigh(slow.dense()).eigenvectors[:, -1]
+    ref = ExplicitSolver(damping=1e-2).fit(slow).solve(V)
+    cg = CGSolver(damping=1e-2, tol=1e-10, max_iter=500).fit(fast)
+    X = cg.solve(V)
+    torch.testing.assert_close(X, ref, rtol=1e-7, atol=1e-9)
+    # ... but structure does: column 1 is an eigenvector of C, solved in one step
+    assert int(cg.column_iterations_[1]) == 1 and int(cg.column_iterations_.max()) == cg.iterations_ > 5
+    assert cg.products_ == int(cg.column_iterations_.sum()) < V.shape[0] * cg.iterations_
+    assert float(cg.residuals_.max()) <= 1e-10
+    hist = cg.residual_history_
+    assert hist.shape == (cg.iterations_ + 1, 5) and torch.allclose(hist[0], torch.ones(5, dtype=torch.float64))
+    true = (V - (fast.hvp(X) + 1e-2 * X)).norm(dim=1) / V.norm(dim=1)
+    assert float(true.max()) <= 1e-9
+
+
+def test_cg_warm_start_and_preconditioning_reach_the_same_solution_with_fewer_iterations():
+    fast, slow, *_ = _objectives("all")
+    V = torch.randn(4, fast.p, dtype=torch.float64)
+    ref = ExplicitSolver(damping=1e-2).fit(slow).solve(V)
+    cold = CGSolver(damping=1e-2, tol=1e-10, max_iter=500, warm_start=True).fit(fast)
+    torch.testing.assert_close(cold.solve(V), ref, rtol=1e-7, atol=1e-9)
+    first = cold.iterations_
+    cold.damping = 1.1e-2  # a nearby damping: the previous solution is a good start
+    ref2 = ExplicitSolver(damping=1.1e-2).fit(slow).solve(V)
+    torch.testing.assert_close(cold.solve(V), ref2, rtol=1e-7, atol=1e-9)
+    assert cold.iterations_ < first
+    # preconditioned by the exact inverse, PCG converges in one step; by K-FAC, it still reaches the exact solve
+    pcg = CGSolver(damping=1e-2, tol=1e-10, max_iter=500, preconditioner="explicit").fit(fast)
+    torch.testing.assert_close(pcg.solve(V), ref, rtol=1e-7, atol=1e-9)
+    assert pcg.iterations_ == 1
+    kfac = CGSolver(damping=1e-2, tol=1e-10, max_iter=500, preconditioner="kfac").fit(fast)
+    torch.testing.assert_close(kfac.solve(V), ref, rtol=1e-7, atol=1e-9)
+    with pytest.raises(WherefromError, match="x0"):
+        cold.solve(V, x0=torch.zeros(1, fast.p, dtype=torch.float64))

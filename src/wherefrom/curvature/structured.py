@@ -263,8 +263,13 @@ class StructuredCurvature:
         return op
 
     def _iter(self, desc: str) -> Iterator[FactoredBatch]:
+        from wherefrom.curvature.samples import iter_samples
+
         obj = self.objective
-        for samples in obj.samples(obj.curvature, desc=desc):
+        labels = obj.sampled_labels() if obj.curvature == "fisher" else None
+        # the training loss itself (not the attributor's training function), as in the generic products
+        for samples in iter_samples(obj.source, obj.require_data(), obj.state, obj.curvature, obj.c, labels, desc,
+                                    obj.progress):
             yield factor_batch(samples, obj.layout, obj.dtype, self.prefer)
 
     def _fill(self) -> None:
