@@ -85,7 +85,7 @@ def test_structured_ggn_equals_the_generic_products_and_the_jacobian_reference(k
 def test_structured_ggn_with_a_padding_index_equals_the_reverse_mode_reference():
     # torch zeroes the gradient of the padding row in reverse mode only, so the forward-over-reverse generic
     # product is not symmetric there; the samples (reverse mode) agree with the reverse-mode Jacobians.
-    fast, slow, task, X, y = _objectives("padding")
+    fast, _slow, task, X, y = _objectives("padding")
     torch.testing.assert_close(fast.dense(), dense_ggn(task, X, y), **TOL)
 
 
@@ -115,13 +115,13 @@ def test_closed_form_hessian_of_an_affine_model_equals_autograd(bias):
 
 
 def test_last_layer_hessian_is_structured_and_exact():
-    fast, slow, task, X, y = _objectives("conv", curvature="hessian", params="head")
+    fast, _slow, task, X, y = _objectives("conv", curvature="hessian", params="head")
     assert fast.structured_operator() is not None
     torch.testing.assert_close(fast.dense(), dense_hessian(task, X, y), **TOL)
 
 
 def test_hessian_of_a_nonlinear_model_keeps_the_generic_path():
-    fast, slow, task, X, y = _objectives("conv", curvature="hessian")
+    fast, _slow, task, X, y = _objectives("conv", curvature="hessian")
     assert fast.structured_operator() is None
     torch.testing.assert_close(fast.dense(), dense_hessian(task, X, y), **TOL)
     strict, *_ = _objectives("conv", curvature="hessian", structured=True)

@@ -77,7 +77,7 @@ class TrainingObjective(CurvatureOperator):
             raise WherefromError(f"structured must be 'auto', True or False; got {structured!r}.")
         self.structured = structured
         self.structured_budget_mb = float(structured_budget_mb)
-        self._structured: StructuredCurvature | None | bool = None  # None: not tried yet; False: unavailable
+        self._structured: StructuredCurvature | bool | None = None  # None: not tried yet; False: unavailable
 
     @property
     def task(self) -> Task:

@@ -144,7 +144,7 @@ def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tens
             mats[name + "/out"] = torch.zeros_like(mats[name])
         Vl = mats[name]
         m, o, c = Vl.shape
-        B, K, T, _ = part.delta.shape
+        B, _k, T, _ = part.delta.shape
         if T == 1:
             P = (Vl.reshape(m * o, c) @ part.a[:, 0].T).reshape(m, o, B)  # V_l ã_i
             term = torch.einsum("mob,bko->mbk", P, part.delta[:, :, 0])
@@ -159,7 +159,7 @@ def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tens
     for part in fb.kronecker:
         acc = mats[part.spec.name + "/out"]
         m, o, c = acc.shape
-        B, K, T, _ = part.delta.shape
+        B, _K, T, _ = part.delta.shape
         if T == 1:
             W = torch.einsum("mbk,bko->mob", u, part.delta[:, :, 0])
             acc += (W.reshape(m * o, B) @ part.a[:, 0]).reshape(m, o, c)
