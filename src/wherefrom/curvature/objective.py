@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader
 from wherefrom.batches import batch_loop
 from wherefrom.curvature.gauss_newton import check_curvature
 from wherefrom.curvature.space import CurvatureOperator
+from wherefrom.curvature.structured import StructuredCurvature
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
+from wherefrom.errors import WherefromError
 from wherefrom.gradients import per_example_grad_fn
 from wherefrom.sources.full import FullGradients
 from wherefrom.store import FeatureStore
@@ -41,13 +43,19 @@ class TrainingObjective(CurvatureOperator):
         fisher_seed: seed of the labels sampled for the true Fisher (drawn once, reused by every product).
         weight_decay: ``wd`` of the objective (default: the task's).
         features: stored per-example training gradients (read by :meth:`feature_blocks` instead of recomputing).
+        structured: ``"auto"`` (default): products and the dense matrix come from factored curvature samples taken
+            once (:mod:`wherefrom.curvature.structured`) whenever the model and curvature allow it (every curvature
+            but the Hessian of a model that is not affine in its selected parameters), Hessian-vector products
+            otherwise; ``True``: the same, but an error when the structure is missing; ``False``: always
+            Hessian-vector products.
+        structured_budget_mb: memory for the kept samples; beyond it they are taken again for every product.
     """
 
     def __init__(
         self, task: Task, loader: DataLoader | None, state: Mapping[str, torch.Tensor], vector_chunk: int = 256,
         progress: bool | None = False, curvature: str = "hessian", fisher_seed: int = 0,
         weight_decay: float | None = None, features: FeatureStore | None = None, source: FullGradients | None = None,
-        n: int | None = None,
+        n: int | None = None, structured: bool | str = "auto", structured_budget_mb: float = 1024.0,
     ) -> None:
         self.loader = loader
         self.state = dict(state)
@@ -65,6 +73,11 @@ class TrainingObjective(CurvatureOperator):
         self.fn = None
         self.c = 0
         self._sampled: torch.Tensor | None = None
+        if structured not in ("auto", True, False):
+            raise WherefromError(f"structured must be 'auto', True or False; got {structured!r}.")
+        self.structured = structured
+        self.structured_budget_mb = float(structured_budget_mb)
+        self._structured: StructuredCurvature | bool | None = None  # None: not tried yet; False: unavailable
 
     @property
     def task(self) -> Task:
@@ -140,10 +153,40 @@ class TrainingObjective(CurvatureOperator):
 
         return torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
 
+    def structured_operator(self) -> StructuredCurvature | None:
+        """The structured form of the data term (built on first use), or ``None`` when the model has none."""
+        if self._structured is None:
+            op = None
+            if self.structured is not False:
+                op = StructuredCurvature.for_objective(self, int(self.structured_budget_mb * (1 << 20)))
+                if op is None and self.structured is True:
+                    reason = StructuredCurvature.unsupported(self) or "its layers could not be captured"
+                    raise WherefromError(f"structured=True, but the {self.curvature} of this model has no structured "
+                                         f"form: {reason}. Use structured='auto' (Hessian-vector products then).")
+            self._structured = op if op is not None else False
+        return self._structured or None
+
+    def dense(self, chunk: int = 256) -> torch.Tensor:
+        """The full ``[p, p]`` curvature: in closed form from the structured samples when the model allows it,
+        else column block by column block (``p`` products with unit vectors)."""
+        op = self.structured_operator()
+        if op is None:
+            return super().dense(chunk)
+        H = op.dense() / self.n
+        H = (H + H.T) / 2
+        H.diagonal().add_(self.weight_decay)
+        self.hvp_count += self.p * self.n
+        return H
+
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """``C V`` for ``V`` of shape ``[m, p]`` (or ``[p]``) over the whole training set; ``C`` the curvature."""
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
+        op = self.structured_operator()
+        if op is not None and op.worth_it(V.shape[0]):
+            out = op.product(V) / self.n + self.weight_decay * V
+            self.hvp_count += V.shape[0] * self.n
+            return out[0] if squeeze else out
         out = torch.zeros_like(V)
         for start, batch in batch_loop(self.task, self.require_data(), self.state, check=False, progress=self.progress,
                                        desc="Hessian-vector products"):

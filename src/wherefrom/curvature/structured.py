@@ -1,0 +1,348 @@
+"""Structured curvature: products and the dense matrix from factored samples, without Hessian-vector products.
+
+Every curvature except the Hessian of a nonlinear model is a sum of outer products of *samples*
+(:mod:`wherefrom.curvature.samples`): ``C_data = Σ_i Σ_k s_ik s_ikᵀ`` (no ``1/n``, no ``wd·I``), ``K`` samples per
+example (``K ≤ C`` pseudo-gradients ``J_iᵀ l_ik`` for the Gauss-Newton matrix; one gradient for the true or
+empirical Fisher). For a model whose outputs are *affine* in the selected parameters (one Linear, Conv or Embedding
+layer whose output is the model's output, e.g. logistic regression or the last layer) the Hessian equals the
+Gauss-Newton matrix, so the same samples describe it exactly.
+
+Per tracked Kronecker layer a sample is ``s_ik = Σ_t δ_ikt ãᵀ_it`` (``ã`` ``[T, cols]`` the layer input, shared by
+the ``K`` samples of one example, ``δ`` ``[K, T, d_out]``). The samples are taken **once** (one forward and ``K``
+backward passes per batch) and kept while they fit in ``budget_bytes``; every product then costs two matrix
+products per layer and no autodiff:
+
+- ``C V`` for ``V`` ``[m, p]``: ``u_mik = Σ_l Σ_t δ_iktᵀ V_l ã_it`` (``[m, n, K]``), then
+  ``(C V)_l = Σ_i Σ_t (Σ_k u_mik δ_ikt) ã_itᵀ``; a block with many positions (``T > K``) or without Kronecker
+  structure is kept as explicit rows ``[n, K, size]`` instead;
+- the dense ``C``: for two one-position layers ``l, l'`` the block is ``Σ_i M_i ⊗ ã_i ã'_iᵀ`` with
+  ``M_i = Σ_k δ_ik δ'_ikᵀ`` (``[d_out, d_out']``), i.e. for logistic regression the closed form
+  ``H = Σ_i Λ_i ⊗ ã_i ã_iᵀ`` (``Λ_i`` the output Hessian of the loss); blocks involving explicit rows are their
+  Gram matrices.
+
+When the samples do not fit, each product takes them again (``K`` backward passes per batch), which is still
+cheaper than ``m`` forward-over-reverse products whenever ``K ≤ m``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from wherefrom.errors import WherefromError
+from wherefrom.layers.base import LayerCaptureError, LayerSpec
+
+log = logging.getLogger(__name__)
+
+#: default memory for the kept samples (bytes).
+DEFAULT_BUDGET = 1 << 30
+#: rows of one batch handled at once by the dense closed form (bounds its ``[rows, d_out², cols]`` temporary).
+_DENSE_ROWS = 64
+
+
+@dataclass
+class KroneckerPart:
+    """One Kronecker layer of one batch: ``a`` ``[B, T, cols]`` and ``delta`` ``[B, K, T, d_out]``."""
+
+    spec: LayerSpec
+    a: torch.Tensor
+    delta: torch.Tensor
+
+
+@dataclass
+class RowsPart:
+    """Explicit sample rows of one block of one batch, ``[B, K, size]`` at flat positions ``index``."""
+
+    index: torch.Tensor
+    rows: torch.Tensor
+
+
+@dataclass
+class FactoredBatch:
+    """The samples of one batch: Kronecker parts and explicit-row parts (disjoint blocks covering ``p``)."""
+
+    kronecker: list[KroneckerPart] = field(default_factory=list)
+    rows: list[RowsPart] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(p.a.numel() * p.a.element_size() + p.delta.numel() * p.delta.element_size()
+                    for p in self.kronecker)
+        return total + sum(p.rows.numel() * p.rows.element_size() for p in self.rows)
+
+    @property
+    def samples(self) -> int:
+        """``K`` (samples per example)."""
+        if self.kronecker:
+            return self.kronecker[0].delta.shape[1]
+        return self.rows[0].rows.shape[1]
+
+
+def flat_matrix(spec: LayerSpec, M: torch.Tensor) -> torch.Tensor:
+    """Layer matrices ``[..., d_out, cols]`` as rows in the order of ``spec.indices()`` (weight, then bias)."""
+    W = M[..., : spec.d_in]
+    if spec.transposed:
+        W = W.transpose(-1, -2)
+    parts = [W.reshape(*M.shape[:-2], -1)]
+    if spec.bias is not None:
+        parts.append(M[..., -1])
+    return torch.cat(parts, dim=-1)
+
+
+def positions(spec: LayerSpec, device: torch.device) -> torch.Tensor:
+    """Flat position of every entry ``(o, c)`` of the layer matrix, ``[d_out, cols]``."""
+    o = torch.arange(spec.d_out).unsqueeze(1)
+    c = torch.arange(spec.d_in).unsqueeze(0)
+    w = spec.weight[0] + (c * spec.d_out + o if spec.transposed else o * spec.d_in + c)
+    if spec.bias is not None:
+        w = torch.cat([w, (spec.bias[0] + torch.arange(spec.d_out)).unsqueeze(1)], dim=1)
+    return w.to(device)
+
+
+def factor_batch(samples: list[Any], layout: list[Any], dtype: torch.dtype, prefer: str | None = None) -> FactoredBatch:
+    """Stack one batch's ``K`` :class:`~wherefrom.sources.SampleBatch` es (one per probe) into a :class:`FactoredBatch`.
+
+    A Kronecker block keeps ``(a, δ)`` when that is cheaper per product than explicit rows (``T·cols + K·T`` versus
+    ``K·cols`` multiplications per output unit), else its rows ``Σ_t δ_t ãᵀ_t`` are formed once; ``prefer``
+    (``"factored"`` or ``"rows"``) forces one form.
+    """
+    out = FactoredBatch()
+    K = len(samples)
+    for block in layout:
+        if block.spec is not None:
+            a = samples[0].kronecker[block.name][0].to(dtype)
+            delta = torch.stack([s.kronecker[block.name][1] for s in samples], dim=1).to(dtype)  # [B, K, T, o]
+            T, cols = a.shape[1], a.shape[2]
+            factored = T * cols + K * T <= K * cols if prefer is None else prefer == "factored"
+            if factored:
+                out.kronecker.append(KroneckerPart(block.spec, a, delta))
+            else:
+                G = torch.einsum("bkto,btc->bkoc", delta, a)
+                out.rows.append(RowsPart(block.spec.indices().to(a.device), flat_matrix(block.spec, G)))
+        else:
+            rows = torch.stack([s.dense[block.name] for s in samples], dim=1).to(dtype)  # [B, K, size]
+            out.rows.append(RowsPart(block.index.to(rows.device), rows))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- products
+def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+    """Add ``Σ_{i∈batch} Σ_k s_ik s_ikᵀ V`` to ``out`` ``[m, p]``.
+
+    ``mats`` holds, per Kronecker layer name, ``V`` as layer matrices ``[m, d_out, cols]`` (filled on first use)
+    and, under ``name + "/out"``, the layer's accumulated result (written into ``out`` by the caller).
+    """
+    u = None  # [m, B, K]: s_ikᵀ v_m
+    for part in fb.kronecker:
+        name = part.spec.name
+        if name not in mats:
+            mats[name] = part.spec.to_matrix(V)
+            mats[name + "/out"] = torch.zeros_like(mats[name])
+        Vl = mats[name]
+        m, o, c = Vl.shape
+        B, _k, T, _ = part.delta.shape
+        if T == 1:
+            P = (Vl.reshape(m * o, c) @ part.a[:, 0].T).reshape(m, o, B)  # V_l ã_i
+            term = torch.einsum("mob,bko->mbk", P, part.delta[:, :, 0])
+        else:
+            P = torch.einsum("moc,btc->mbto", Vl, part.a)
+            term = torch.einsum("mbto,bkto->mbk", P, part.delta)
+        u = term if u is None else u + term
+    for part in fb.rows:
+        term = torch.einsum("mq,bkq->mbk", V[:, part.index], part.rows)
+        u = term if u is None else u + term
+    assert u is not None
+    for part in fb.kronecker:
+        acc = mats[part.spec.name + "/out"]
+        m, o, c = acc.shape
+        B, _K, T, _ = part.delta.shape
+        if T == 1:
+            W = torch.einsum("mbk,bko->mob", u, part.delta[:, :, 0])
+            acc += (W.reshape(m * o, B) @ part.a[:, 0]).reshape(m, o, c)
+        else:
+            W = torch.einsum("mbk,bkto->mbto", u, part.delta)
+            acc += torch.einsum("mbto,btc->moc", W, part.a)
+    for part in fb.rows:
+        out[:, part.index] += torch.einsum("mbk,bkq->mq", u, part.rows)
+
+
+def batch_dense(fb: FactoredBatch, H: torch.Tensor) -> None:
+    """Add ``Σ_{i∈batch} Σ_k s_ik s_ikᵀ`` to the dense ``H`` ``[p, p]`` (closed form between one-position layers)."""
+    one = [p for p in fb.kronecker if p.delta.shape[2] == 1]
+    many = [p for p in fb.kronecker if p.delta.shape[2] != 1]
+    rows = list(fb.rows)
+    for part in many:  # explicit rows for the rare factored multi-position block
+        G = torch.einsum("bkto,btc->bkoc", part.delta, part.a)
+        rows.append(RowsPart(part.spec.indices().to(G.device), flat_matrix(part.spec, G)))
+    pos = [positions(p.spec, H.device) for p in one]
+    for i, (pi, qi) in enumerate(zip(one, pos)):
+        for j in range(i, len(one)):
+            pj, qj = one[j], pos[j]
+            block = _kron_block(pi, pj)  # [(o c), (o' c')]
+            H[qi.reshape(-1, 1), qj.reshape(1, -1)] += block
+            if j != i:
+                H[qj.reshape(-1, 1), qi.reshape(1, -1)] += block.T
+    if rows:
+        R = torch.cat([r.rows for r in rows], dim=2).flatten(0, 1)  # [B·K, q]
+        idx = torch.cat([r.index for r in rows])
+        H[idx.reshape(-1, 1), idx.reshape(1, -1)] += R.T @ R
+        for part, q in zip(one, pos):
+            S = torch.einsum("bko,bc->bkoc", part.delta[:, :, 0], part.a[:, 0]).flatten(0, 1).flatten(1)
+            cross = S.T @ R  # [(o c), q]
+            H[q.reshape(-1, 1), idx.reshape(1, -1)] += cross
+            H[idx.reshape(-1, 1), q.reshape(1, -1)] += cross.T
+
+
+def _kron_block(pi: KroneckerPart, pj: KroneckerPart) -> torch.Tensor:
+    """``Σ_b M_b ⊗ ã_b ã'_bᵀ`` with ``M_b = Σ_k δ_bk δ'_bkᵀ``, as ``[(d_out·cols), (d_out'·cols')]``."""
+    a, b = pi.a[:, 0], pj.a[:, 0]
+    o1, c1, o2, c2 = pi.delta.shape[3], a.shape[1], pj.delta.shape[3], b.shape[1]
+    acc = torch.zeros(o1, o2, c1, c2, dtype=a.dtype, device=a.device)
+    for r0 in range(0, a.shape[0], _DENSE_ROWS):
+        sl = slice(r0, r0 + _DENSE_ROWS)
+        M = torch.einsum("bko,bkq->boq", pi.delta[sl, :, 0], pj.delta[sl, :, 0])  # [rows, o1, o2]
+        X = (M.unsqueeze(3) * a[sl, None, None, :]).reshape(M.shape[0], -1)  # [rows, o1·o2·c1]
+        acc += (X.T @ b[sl]).reshape(o1, o2, c1, c2)
+    return acc.permute(0, 2, 1, 3).reshape(o1 * c1, o2 * c2)
+
+
+# ---------------------------------------------------------------------------------------------- the operator
+class StructuredCurvature:
+    """The data term ``Σ_i Σ_k s_ik s_ikᵀ`` of a :class:`~wherefrom.curvature.TrainingObjective` from its samples.
+
+    Build it with :meth:`for_objective`, which returns ``None`` (with the reason logged) when the objective's model or
+    curvature has no such structure; the objective then uses its generic products.
+
+    Attributes:
+        cached: whether the samples of the whole training set are kept (within ``budget_bytes``).
+        samples_per_example: ``K`` of the first batch (the number of probes).
+    """
+
+    def __init__(self, objective: Any, budget_bytes: int = DEFAULT_BUDGET, prefer: str | None = None) -> None:
+        self.objective = objective
+        self.prefer = prefer
+        self.budget_bytes = budget_bytes
+        self.cached = False
+        self._batches: list[FactoredBatch] = []
+        self.samples_per_example = 0
+
+    @staticmethod
+    def unsupported(objective: Any) -> str | None:
+        """Why ``objective`` has no structured path (``None``: it has one)."""
+        source, task = objective.source, objective.task
+        if getattr(source, "layers", None) is None or not getattr(source, "parameter_space", False):
+            return "the gradient source has no layer captures"
+        if task.train_mode_modules:
+            return "modules are kept in training mode (a stochastic objective)"
+        if not source.layers.layers:
+            return "no selected parameter belongs to a registered layer type"
+        if objective.curvature == "hessian":
+            return affine_output_reason(objective)
+        return None
+
+    @classmethod
+    def for_objective(cls, objective: Any, budget_bytes: int = DEFAULT_BUDGET,
+                      prefer: str | None = None) -> StructuredCurvature | None:
+        """The structured operator of ``objective`` with its samples taken (``None`` when it has none).
+
+        ``prefer`` forces the form of the Kronecker blocks (``"factored"`` or ``"rows"``; default: the cheaper)."""
+        reason = cls.unsupported(objective)
+        if reason is not None:
+            log.info("curvature products use Hessian-vector products: %s", reason)
+            return None
+        op = cls(objective, budget_bytes, prefer)
+        try:
+            op._fill()
+        except (LayerCaptureError, WherefromError) as exc:
+            log.info("curvature products use Hessian-vector products: %s", exc)
+            return None
+        return op
+
+    def _iter(self, desc: str) -> Iterator[FactoredBatch]:
+        from wherefrom.curvature.samples import iter_samples
+
+        obj = self.objective
+        labels = obj.sampled_labels() if obj.curvature == "fisher" else None
+        # the training loss itself (not the attributor's training function), as in the generic products
+        for samples in iter_samples(obj.source, obj.require_data(), obj.state, obj.curvature, obj.c, labels, desc,
+                                    obj.progress):
+            yield factor_batch(samples, obj.layout, obj.dtype, self.prefer)
+
+    def _fill(self) -> None:
+        total = 0
+        batches = []
+        for fb in self._iter("curvature samples (structured)"):
+            if not self.samples_per_example:
+                self.samples_per_example = fb.samples
+            total += fb.nbytes
+            if total > self.budget_bytes:
+                self.cached = False
+                self._batches = []
+                log.info("structured curvature samples exceed %d MB: they are taken again for every product",
+                         self.budget_bytes >> 20)
+                return
+            batches.append(fb)
+        self._batches, self.cached = batches, True
+
+    def batches(self) -> Iterator[FactoredBatch]:
+        if self.cached:
+            yield from self._batches
+        else:
+            yield from self._iter("curvature samples")
+
+    def worth_it(self, m: int) -> bool:
+        """Whether a product with ``m`` vectors should use the samples (always when kept; else when ``K ≤ m``)."""
+        return self.cached or self.samples_per_example <= m
+
+    def product(self, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]`` (no ``1/n``, no weight decay)."""
+        out = torch.zeros_like(V)
+        mats: dict[str, torch.Tensor] = {}
+        specs: dict[str, LayerSpec] = {}
+        for fb in self.batches():
+            specs.update({part.spec.name: part.spec for part in fb.kronecker})
+            batch_product(fb, V, mats, out)
+        for name, spec in specs.items():
+            out[:, spec.indices().to(out.device)] += flat_matrix(spec, mats[name + "/out"])
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """``Σ_i Σ_k s_ik s_ikᵀ`` as a dense ``[p, p]`` matrix."""
+        obj = self.objective
+        H = torch.zeros(obj.p, obj.p, dtype=obj.dtype, device=obj.device)
+        for fb in self.batches():
+            batch_dense(fb, H)
+        return H
+
+
+def affine_output_reason(objective: Any) -> str | None:
+    """``None`` when the model's outputs are affine in the selected parameters (so that its Hessian is its
+    Gauss-Newton matrix): exactly one tracked Kronecker layer owns every selected parameter and that layer's output
+    tensor *is* the model output. Otherwise the reason."""
+    layers = objective.source.layers
+    if layers.fallback or len(layers.layers) != 1:
+        return "the Hessian of a model with several selected layers has second-derivative terms"
+    (layer,) = layers.layers.values()
+    if not layer.kronecker:
+        return f"layer {layer.name!r} has no Kronecker structure"
+    from wherefrom.batches import batch_loop
+
+    task, state = objective.task, objective.state
+    seen: list[torch.Tensor] = []
+    handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        for _, batch in batch_loop(task, objective.require_data(), state, check=False, progress=False):
+            with torch.no_grad():
+                outputs = task.outputs(task.flat_params(state), state, batch)
+            break
+        else:
+            return "no training data"
+    finally:
+        handle.remove()
+    if len(seen) != 1 or seen[0] is not outputs:
+        return f"the output of layer {layer.name!r} is not the model output (the model is not affine in it)"
+    return None
