@@ -26,14 +26,16 @@ def _objective(curvature="ggn", wd=0.0, batch_size=24):
     return TrainingObjective(task, loader, task.state(), curvature=curvature), X, y
 
 
-def test_full_rank_arnoldi_equals_explicit_solve_on_the_gauss_newton_matrix():
+@pytest.mark.parametrize("block_size", [1, 4, 10])
+def test_full_rank_arnoldi_equals_explicit_solve_on_the_gauss_newton_matrix(block_size):
     obj, X, y = _objective(batch_size=10)
     p = obj.p
     V = torch.randn(5, p, dtype=torch.float64)
     G = dense_ggn(obj.task, X, y)
     ref = torch.linalg.solve(G + 1e-3 * torch.eye(p, dtype=torch.float64), V.T).T
     # the softmax GGN has a null space (repeated zero eigenvalue): Arnoldi must restart to span it
-    arn = ArnoldiSolver(damping=1e-3, rank=p, iterations=p).fit(obj)
+    assert p % block_size != 0 or block_size == 1  # a partial last block
+    arn = ArnoldiSolver(damping=1e-3, rank=p, iterations=p, block_size=block_size).fit(obj)
     torch.testing.assert_close(arn.solve(V), ref, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(ExplicitSolver(damping=1e-3).fit(obj).solve(V), ref, rtol=1e-7, atol=1e-7)
     # whitened features give the same inner products: <P v, P w> = vᵀ (G + λI)⁻¹ w
@@ -114,3 +116,41 @@ def test_influence_function_check_curvature_and_arnoldi_solver_name():
                                iterations=task.num_params, batch_size=24).fit((X, y))
     exp = wf.InfluenceFunction(task, solver="explicit", curvature="ggn", damping=1e-3, batch_size=24).fit((X, y))
     torch.testing.assert_close(ggn.score((X[:4], y[:4])), exp.score((X[:4], y[:4])), rtol=1e-6, atol=1e-9)
+
+
+def test_block_arnoldi_takes_one_batched_product_per_block_and_full_rank_is_the_explicit_solve():
+    obj, X, y = _objective(curvature="hessian", wd=0.5)  # Hessian + wd·I: positive definite here
+    p = obj.p
+    task, state = obj.task, obj.task.state()
+
+    def objective(theta):  # R(θ) = mean loss + (wd/2)‖θ‖², differentiated twice by torch.func
+        return task.per_example(task.loss_fn, theta, state, (X, y)).mean() + 0.25 * theta.dot(theta)
+
+    H = torch.func.hessian(objective)(task.flat_params(state))
+    calls = []
+    hvp = obj.hvp
+    obj.hvp = lambda V: calls.append(V.shape[0]) or hvp(V)  # type: ignore[method-assign]
+    arn = ArnoldiSolver(damping=1e-2, block_size=7).fit(obj)  # rank None: every Ritz pair; K = min(p, 100) = p
+    assert calls == [7] * (p // 7) + ([p % 7] if p % 7 else [])
+    assert float(torch.linalg.eigvalsh(H).min()) > 0
+    V = torch.randn(4, p, dtype=torch.float64)
+    ref = torch.linalg.solve(H + 1e-2 * torch.eye(p, dtype=torch.float64), V.T).T
+    torch.testing.assert_close(arn.solve(V), ref, rtol=1e-7, atol=1e-9)
+
+
+def test_partial_block_krylov_space_gives_the_galerkin_inverse_of_all_its_ritz_pairs():
+    obj, X, y = _objective(wd=0.01)
+    G = dense_ggn(obj.task, X, y)  # includes wd·I
+    arn = ArnoldiSolver(damping=1e-3, iterations=12, block_size=5).fit(obj)
+    U = arn.eigenvectors_
+    assert U.shape[0] == 12  # default rank: every Ritz pair kept
+    torch.testing.assert_close(U @ U.T, torch.eye(12, dtype=torch.float64), atol=1e-10, rtol=0)
+    # Galerkin: U (U (G + λI) Uᵀ)⁻¹ Uᵀ v, the projected matrix formed from the dense curvature
+    v = torch.randn(3, obj.p, dtype=torch.float64)
+    proj = U @ (G + 1e-3 * torch.eye(obj.p, dtype=torch.float64)) @ U.T
+    ref = (torch.linalg.solve(proj, U @ v.T)).T @ U
+    torch.testing.assert_close(arn.solve(v), ref, rtol=1e-8, atol=1e-10)
+    # and a 12-dimensional Krylov space of the damped inverse beats the top half of its Ritz pairs
+    exact = torch.linalg.solve(G + 1e-3 * torch.eye(obj.p, dtype=torch.float64), v.T).T
+    half = ArnoldiSolver(damping=1e-3, rank=6, iterations=12, block_size=5).fit(obj)
+    assert (arn.solve(v) - exact).norm() < (half.solve(v) - exact).norm()

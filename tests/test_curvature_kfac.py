@@ -78,12 +78,14 @@ def test_kfac_matrix_equals_the_kfac_definition_built_by_brute_force():
     torch.testing.assert_close(solver.dense(), ref, rtol=1e-9, atol=1e-12)
 
 
-def test_ekfac_eigenvalues_are_the_gauss_newton_diagonal_in_the_kronecker_eigenbasis():
+@pytest.mark.parametrize("cache_gb", [1.0, 1e-6, 0.0])  # all samples cached, overflow mid-way, second pass
+def test_ekfac_eigenvalues_are_the_gauss_newton_diagonal_in_the_kronecker_eigenbasis(cache_gb):
     model = mlp()
     X, y = classification_data()
     task = wf.Task(model)
     obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=10), task.state(), curvature="ggn")
-    solver = EKFACSolver(damping=0.0).fit(obj)
+    solver = EKFACSolver(damping=0.0, sample_cache_gb=cache_gb).fit(obj)
+    assert solver.data_passes_ == (1 if cache_gb == 1.0 else 2)  # the correction reuses the first pass's samples
     G = dense_ggn(task, X, y)
     for name in ("0", "2"):
         f = solver.factors_[name]
@@ -205,7 +207,7 @@ def test_saved_factors_give_identical_solves_without_refitting(tmp_path):
     first = wf.InfluenceFunction(task, solver="ekfac", damping=None, cache_dir=str(tmp_path / "c")).fit((X, y))
     second = wf.InfluenceFunction(task, solver="ekfac", damping=None, cache_dir=str(tmp_path / "c")).fit((X, y))
     assert not first.solver_loaded_ and second.solver_loaded_
-    assert first.solver.data_passes_ == 2 and second.solver.data_passes_ == 0
+    assert first.solver.data_passes_ == 1 and second.solver.data_passes_ == 0
     torch.testing.assert_close(second.score((X[:4], y[:4])), first.score((X[:4], y[:4])), rtol=0, atol=0)
     other = wf.InfluenceFunction(task, solver="ekfac", damping=0.5, cache_dir=str(tmp_path / "c")).fit((X, y))
     assert not other.solver_loaded_  # different damping: refitted, not silently reused

@@ -6,8 +6,9 @@ setting's own per-method options (:mod:`wherefrom.bench.settings`) are applied b
 preset repeats no class default: only what differs from the class is listed here.
 
 - ``if-explicit``, ``if-cg``, ``if-lissa``: influence functions (``λ = 0.01``, the class default);
-- ``if-arnoldi``: Gauss-Newton curvature (positive semi-definite, so no eigenvalue is dropped), top 50 of 100 Ritz
-  pairs; ``if-kfac`` / ``if-ekfac`` / ``if-datainf``: ``damping="auto"`` (0.1 × the mean eigenvalue per block);
+- ``if-arnoldi``: Gauss-Newton curvature (positive semi-definite, so no eigenvalue is dropped), every Ritz pair of
+  a 100-dimensional block Krylov space (the class defaults); ``if-kfac`` / ``if-ekfac`` / ``if-datainf``:
+  ``damping="auto"`` (0.1 × the mean eigenvalue per block);
   ``relatif``: ℓ-relative influence with EK-FAC;
 - ``tracin``, ``grad-dot``, ``grad-cos``; ``tracin-proj``, ``grad-dot-proj``: on 512-d Rademacher projections;
   ``if-proj``: influence with the damped projected empirical Fisher (512-d Gaussian projection);
@@ -120,7 +121,7 @@ PRESETS: dict[str, Preset] = {p.name: p.register() for p in [
     Preset("if-cg", "Influence function, conjugate-gradient inverse-HVP", _influence(InfluenceFunction, "cg")),
     Preset("if-lissa", "Influence function, LiSSA inverse-HVP", _influence(InfluenceFunction, "lissa")),
     Preset("if-arnoldi", "Influence function, Arnoldi low-rank inverse of the Gauss-Newton matrix",
-           _influence(InfluenceFunction, "arnoldi"), {"curvature": "ggn", "rank": 50, "iterations": 100}),
+           _influence(InfluenceFunction, "arnoldi"), {"curvature": "ggn"}),
     Preset("if-kfac", "Influence function, K-FAC (Kronecker-factored Gauss-Newton) inverse",
            _influence(InfluenceFunction, "kfac"), {"damping": "auto"}),
     Preset("if-ekfac", "Influence function, EK-FAC (eigenvalue-corrected K-FAC) inverse",

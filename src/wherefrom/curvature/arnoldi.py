@@ -3,7 +3,9 @@
 Arnoldi's iteration builds an orthonormal basis ``w_1..w_K`` of the Krylov space ``{w_1, C w_1, C² w_1, ...}``
 (``C`` the curvature of the objective: Hessian, GGN or Fisher, including ``wd·I``) and the projected matrix
 ``T = Wᵀ C W`` (``K×K``, tridiagonal up to rounding for symmetric ``C``). The eigenpairs ``(μ_r, y_r)`` of
-``T`` give Ritz pairs ``(μ_r, u_r = Wᵀ y_r)``; the extreme ones converge first. With ``U_k`` the ``k`` kept
+``T`` give Ritz pairs ``(μ_r, u_r = Wᵀ y_r)``; the extreme ones converge first. The block variant starts from
+``b`` random vectors and multiplies ``b`` basis vectors at a time (one batched product, one pass over the data,
+per block): ``{W_1, C W_1, C² W_1, ...}``, ``⌈K/b⌉`` passes for ``K`` directions. With ``U_k`` the ``k`` kept
 directions and ``λ`` the absolute damping,
 
     (C + λI)⁻¹ v  ≈  U_k diag(1 / (μ_r + λ)) U_kᵀ v                                    (``solve``)
@@ -84,9 +86,81 @@ def arnoldi_iteration(
     return W[:K], (T + T.T) / 2
 
 
-def ritz_pairs(matvec: MatVec, p: int, iterations: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ritz values (``[K]``, ascending, float64) and Ritz vectors (``[K, p]``, rows) of a symmetric operator."""
-    W, T = arnoldi_iteration(matvec, p, iterations, **kwargs)
+def block_arnoldi_iteration(
+    matmat: MatVec, p: int, iterations: int, block_size: int, *, seed: int = 0, tol: float = 1e-10,
+    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu", progress: bool | None = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block Krylov basis ``W`` (``[K, p]``, orthonormal rows) and ``T = W C Wᵀ`` (``[K, K]``, symmetrised).
+
+    ``matmat(X [b, p]) -> C X`` (rows) is called once per block of ``b = block_size`` vectors: ``⌈K/b⌉`` batched
+    products (one pass over the data each) instead of ``K``. The first block is Gaussian (seeded); block
+    ``t + 1`` is ``C W_t`` orthogonalised twice against the whole basis, then row by row within the block (classical
+    Gram-Schmidt, repeated). A row whose norm falls below ``tol`` times the largest norm seen (an invariant
+    subspace: repeated eigenvalues, a null space) is replaced by a fresh random vector orthogonal to the basis, so
+    at ``K = p`` the basis spans everything. ``T`` is the Rayleigh quotient ``W (C W)ᵀ`` of all ``K`` products
+    (exact Galerkin projection: the Ritz pairs of any orthonormal basis), so ``K`` products give ``K`` Ritz pairs.
+    """
+    if iterations < 1 or block_size < 1:
+        raise WherefromError(f"iterations and block_size must be >= 1, got {iterations} and {block_size}.")
+    K = min(iterations, p)
+    b = min(block_size, K)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def fresh(m: int) -> torch.Tensor:
+        return torch.randn(m, p, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    W = torch.zeros(K, p, dtype=dtype, device=device)
+    Z = torch.zeros(K, p, dtype=dtype, device=device)  # C W, row by row
+    scale = 0.0
+
+    def extend(V: torch.Tensor, filled: int) -> int:
+        """Orthonormalise the rows of ``V`` against ``W[:filled]`` and append them; returns the new fill."""
+        nonlocal scale
+        for _ in range(2):
+            V = V - (V @ W[:filled].T) @ W[:filled]
+        for v in V:
+            if filled == K:
+                break
+            for _attempt in range(3):
+                for _ in range(2):
+                    v = v - (W[:filled] @ v) @ W[:filled]
+                norm = float(v.norm())
+                scale = max(scale, norm)
+                if norm > tol * max(scale, 1e-300):
+                    break
+                log.info("Block Arnoldi: invariant Krylov space of dimension %d; a new random direction", filled)
+                v = fresh(1)[0]
+            W[filled] = v / v.norm()
+            filled += 1
+        return filled
+
+    filled = extend(fresh(b), 0)
+    start = 0
+    steps = -(-K // b)
+    for _ in track(range(steps), "block Arnoldi products", steps, progress):
+        if start >= K:
+            break
+        end = filled
+        Z[start:end] = matmat(W[start:end]).to(dtype)
+        scale = max(scale, float(Z[start:end].norm(dim=1).max()))
+        if end < K:
+            filled = extend(Z[start:end][: K - end], end)
+        start = end
+    T = (W @ Z.T).to(torch.float64)
+    return W, (T + T.T) / 2
+
+
+def ritz_pairs(matvec: MatVec, p: int, iterations: int, block_size: int = 1,
+               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ritz values (``[K]``, ascending, float64) and Ritz vectors (``[K, p]``, rows) of a symmetric operator.
+
+    ``block_size = 1``: ``matvec`` takes one vector ``[p]`` (:func:`arnoldi_iteration`); otherwise it takes a block
+    of rows ``[b, p]`` (:func:`block_arnoldi_iteration`).
+    """
+    if block_size == 1:
+        W, T = arnoldi_iteration(matvec, p, iterations, **kwargs)
+    else:
+        W, T = block_arnoldi_iteration(matvec, p, iterations, block_size, **kwargs)
     evals, evecs = torch.linalg.eigh(T)
     U = evecs.T.to(W.dtype) @ W
     return evals, U
@@ -94,14 +168,18 @@ def ritz_pairs(matvec: MatVec, p: int, iterations: int, **kwargs) -> tuple[torch
 
 @register_solver("arnoldi")
 class ArnoldiSolver(Preconditioner):
-    """Low-rank inverse from the top-``rank`` eigenpairs found by Arnoldi (Schioppa et al. 2021).
+    """Low-rank inverse from the eigenpairs of a (block) Krylov space of the curvature (Schioppa et al. 2021).
 
     Args:
         damping: absolute ``λ`` added to the eigenvalues of the (mean-reduced) curvature.
-        rank: ``k``, the number of eigen-directions kept (largest ``|μ|``).
-        iterations: ``K``, the Krylov dimension (curvature-vector products over the training set);
-            ``None`` → ``min(p, max(2·rank, rank + 20))``. Keep ``K ≫ k``: only the extreme Ritz pairs converge.
-        seed: seed of the Gaussian start vector. tol: breakdown tolerance.
+        rank: ``k``, the number of eigen-directions kept (largest ``|μ|``); ``None`` (default) keeps all ``K``
+            Ritz pairs: the Galerkin inverse of ``C + λI`` on the whole Krylov space, which is more accurate than
+            the top half at no extra products (the small Ritz values carry the largest weights ``1/(μ + λ)``).
+        iterations: ``K``, the Krylov dimension (curvature-vector products over the training set); ``None`` →
+            ``min(p, 100)`` when ``rank`` is ``None``, else ``min(p, max(2·rank, rank + 20))``.
+        block_size: ``b``, vectors per batched curvature product (block Krylov): ``⌈K/b⌉`` passes over the
+            training data instead of ``K``. ``1`` is the classical single-vector iteration.
+        seed: seed of the Gaussian start vectors. tol: breakdown tolerance.
         eig_floor: pairs with ``μ + λ <= eig_floor · max|μ|`` are dropped (never a square root of a
             non-positive number).
         dtype: dtype of the stored basis (float64 by default; float32 halves the ``K·p`` memory).
@@ -114,37 +192,52 @@ class ArnoldiSolver(Preconditioner):
     has_factors = True
 
     def __init__(
-        self, damping: Any = 0.0, rank: int = 50, iterations: int | None = None, seed: int = 0,
+        self, damping: Any = 0.0, rank: int | None = None, iterations: int | None = None, seed: int = 0,
         tol: float = 1e-10, eig_floor: float = 1e-12, dtype: torch.dtype = torch.float64,
-        progress: bool | None = None, curvature: str | None = None,
+        progress: bool | None = None, curvature: str | None = None, block_size: int = 10,
     ) -> None:
         super().__init__(damping, curvature)
-        if rank < 1:
-            raise WherefromError(f"rank must be >= 1, got {rank}.")
+        if rank is not None and rank < 1:
+            raise WherefromError(f"rank must be >= 1 (or None for every Ritz pair), got {rank}.")
+        if block_size < 1:
+            raise WherefromError(f"block_size must be >= 1, got {block_size}.")
         self.rank, self.iterations, self.seed, self.tol = rank, iterations, seed, tol
-        self.eig_floor, self.dtype, self.progress = eig_floor, dtype, progress
+        self.eig_floor, self.dtype, self.progress, self.block_size = eig_floor, dtype, progress, block_size
         self.eigenvalues_: torch.Tensor | None = None
         self.eigenvectors_: torch.Tensor | None = None
         self.ritz_values_: torch.Tensor | None = None
         self.dropped_: int = 0
 
+    def krylov_dimension(self, p: int) -> int:
+        """``K`` for a curvature of dimension ``p`` (see ``iterations``)."""
+        if self.iterations is not None:
+            return self.iterations
+        if self.rank is None:
+            return min(p, 100)
+        return min(p, max(2 * self.rank, self.rank + 20))
+
     def fit(self, objective: Any) -> ArnoldiSolver:
         super().fit(objective)
         p = objective.p
-        K = self.iterations if self.iterations is not None else min(p, max(2 * self.rank, self.rank + 20))
-        if self.rank > K:
-            raise WherefromError(f"iterations ({K}) must be >= rank ({self.rank}).")
-        if min(p, 2 * self.rank) > K:
+        K = self.krylov_dimension(p)
+        rank = min(K, p) if self.rank is None else self.rank
+        if rank > K:
+            raise WherefromError(f"iterations ({K}) must be >= rank ({rank}).")
+        if min(p, 2 * rank) > K and rank < min(K, p):
             log.warning("Arnoldi with iterations=%d and rank=%d: the smaller kept Ritz pairs are poorly "
-                        "converged; use iterations >= 2·rank.", K, self.rank)
+                        "converged; use iterations >= 2·rank, or rank=None to keep every Ritz pair.", K, rank)
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            return objective.hvp(v.to(objective.dtype).unsqueeze(0))[0]
+        if self.block_size == 1:
+            def product(v: torch.Tensor) -> torch.Tensor:
+                return objective.hvp(v.to(objective.dtype).unsqueeze(0))[0]
+        else:
+            def product(V: torch.Tensor) -> torch.Tensor:
+                return objective.hvp(V.to(objective.dtype))
 
-        evals, U = ritz_pairs(matvec, p, K, seed=self.seed, tol=self.tol, dtype=self.dtype,
-                              device=objective.device, progress=self.progress)
+        evals, U = ritz_pairs(product, p, K, block_size=self.block_size, seed=self.seed, tol=self.tol,
+                              dtype=self.dtype, device=objective.device, progress=self.progress)
         self.ritz_values_ = evals
-        order = torch.argsort(evals.abs(), descending=True)[: self.rank]
+        order = torch.argsort(evals.abs(), descending=True)[:rank]
         top, Utop = evals[order], U[order]
         floor = self.eig_floor * max(float(evals.abs().max()), 1e-300)
         lam = self.effective_damping

@@ -45,6 +45,31 @@ def _sym_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return evals.clamp_min(0.0), evecs.contiguous()  # row-major, as after saving and loading (same products)
 
 
+def _share_inputs(probes: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+                  ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The samples of one batch with equal inputs ``ã`` of a block made the same tensor (the probes of one batch
+    capture the same layer inputs), so they are stored and rotated once."""
+    first: dict[str, torch.Tensor] = {}
+    out = []
+    for probe in probes:
+        shared = {}
+        for name, (a, d) in probe.items():
+            a0 = first.setdefault(name, a)
+            shared[name] = (a0 if a0 is a or (a0.shape == a.shape and torch.equal(a0, a)) else a, d)
+        out.append(shared)
+    return out
+
+
+def _unique_bytes(probes: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> int:
+    """Bytes held by the distinct tensors of one batch's samples (probes share their inputs ``ã``)."""
+    seen: dict[int, int] = {}
+    for probe in probes:
+        for a, d in probe.values():
+            for t in (a, d):
+                seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
 @register_solver("kfac")
 class KFACSolver(Preconditioner):
     """Block-diagonal Kronecker-factored inverse curvature; :class:`EKFACSolver` adds the eigenvalue correction.
@@ -56,6 +81,9 @@ class KFACSolver(Preconditioner):
             ``"hessian"`` becomes ``"ggn"``, the Gauss-Newton part, which is what Kronecker factors describe).
         chunk: examples per block when rotating per-example gradients (bounds memory in the EK-FAC pass).
         progress: show progress bars.
+        sample_cache_gb: EK-FAC keeps the curvature samples ``(ã, δ)`` of the first pass in memory up to this many
+            GB and computes the eigenvalue correction from them (no second pass over the data and the model);
+            beyond it, the samples are recomputed in a second pass. ``0`` always recomputes.
 
     After ``fit``: ``factors_[layer]`` holds ``QA``, ``QS`` (eigenvectors as columns), ``eigenvalues``
     (``[d_out, d_in(+1)]``, the ``Λ`` used) and ``damping`` (the resolved ``λ_l``); ``diagonal_[block]`` the
@@ -67,9 +95,10 @@ class KFACSolver(Preconditioner):
     has_factors = True
 
     def __init__(self, damping: Any = 0.0, curvature: str | None = None, chunk: int = 64,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, sample_cache_gb: float = 1.0) -> None:
         super().__init__(damping, curvature)
         self.chunk = chunk
+        self.sample_cache_gb = float(sample_cache_gb)
         self.progress = progress
         self.specs_: list[LayerSpec] = []
         self.factors_: dict[str, dict[str, torch.Tensor]] = {}
@@ -105,7 +134,17 @@ class KFACSolver(Preconditioner):
         S = {s.name: torch.zeros(s.d_out, s.d_out, dtype=torch.float64, device=dev) for s in self.specs_}
         positions = {s.name: 0 for s in self.specs_}
         diag = {b.name: torch.zeros(b.size, dtype=torch.float64, device=dev) for b in dense}
+        cache: list[list[dict[str, tuple[torch.Tensor, torch.Tensor]]]] | None = (
+            [] if self.eigenvalue_correction and self.sample_cache_gb > 0 else None)
+        cached_bytes = 0
         for samples in self._samples(space, "K-FAC covariances"):
+            if cache is not None:
+                cache.append(_share_inputs([sample.kronecker for sample in samples]))
+                cached_bytes += _unique_bytes(cache[-1])
+                if cached_bytes > self.sample_cache_gb * 1e9:
+                    log.info("EK-FAC: curvature samples exceed sample_cache_gb=%g; a second pass will recompute "
+                             "them", self.sample_cache_gb)
+                    cache = None
             for k, sample in enumerate(samples):
                 for name, (a, d) in sample.kronecker.items():
                     d = d.reshape(-1, d.shape[-1]).to(torch.float64)
@@ -123,7 +162,7 @@ class KFACSolver(Preconditioner):
             sS, QS = _sym_eigh(S[s.name] / n)
             self.factors_[s.name] = {"QA": QA, "QS": QS, "eigenvalues": torch.outer(sS, sA)}
         if self.eigenvalue_correction and self.specs_:
-            self._correct_eigenvalues(space)
+            self._correct_eigenvalues(space, cache)
         self.diagonal_ = {b.name: {"index": b.index, "values": diag[b.name] / n} for b in dense}
         self._damping_changed()
         return self
@@ -137,27 +176,45 @@ class KFACSolver(Preconditioner):
             d["damping"] = torch.tensor(resolve_damping(self.damping, d["values"].mean()), dtype=torch.float64,
                                         device=d["values"].device)
 
-    def _correct_eigenvalues(self, space: Any) -> None:
-        """EK-FAC: ``Λ*[a, b] = (1/n) Σ_{i,k} (Q_Sᵀ G_ik Q_A)[a, b]²`` (second pass over the data)."""
+    def _correct_eigenvalues(self, space: Any,
+                             cache: list[list[dict[str, tuple[torch.Tensor, torch.Tensor]]]] | None = None) -> None:
+        """EK-FAC: ``Λ*[a, b] = (1/n) Σ_{i,k} (Q_Sᵀ G_ik Q_A)[a, b]²`` (from the cached samples, else a second pass).
+
+        Samples of one batch that share their inputs ``ã`` (the probes of the exact GGN) rotate them once; with one
+        position (``T = 1``) the sum over the probes ``k`` is ``Σ_k (Q_Sᵀδ_k)² ((Q_Aᵀã)²)ᵀ``, one matrix product.
+        """
         lam = {s.name: torch.zeros(s.d_out, s.cols, dtype=torch.float64, device=space.device) for s in self.specs_}
         rot: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for samples in self._samples(space, "EK-FAC eigenvalues"):
-            for sample in samples:
-                for name, (a, d) in sample.kronecker.items():
-                    if name not in rot:
-                        f = self.factors_[name]
-                        rot[name] = (f["QS"].to(device=d.device, dtype=d.dtype),
-                                     f["QA"].to(device=a.device, dtype=a.dtype))
-                    QS, QA = rot[name]
+        batches = cache if cache is not None else (
+            _share_inputs([sample.kronecker for sample in samples])
+            for samples in self._samples(space, "EK-FAC eigenvalues"))
+        for probes in batches:
+            names = probes[0].keys() if probes else ()
+            for name in names:
+                pairs = [probe[name] for probe in probes]
+                a0, d0 = pairs[0]
+                if name not in rot:
+                    f = self.factors_[name]
+                    rot[name] = (f["QS"].to(device=d0.device, dtype=d0.dtype),
+                                 f["QA"].to(device=a0.device, dtype=a0.dtype))
+                QS, QA = rot[name]
+                rotated: dict[int, torch.Tensor] = {}  # ã @ Q_A, once per distinct input tensor
+                squares: dict[int, torch.Tensor] = {}  # Σ_k (δ_k Q_S)² per input, for one position
+                for a, d in pairs:
+                    key = id(a)
+                    if key not in rotated:
+                        rotated[key] = a @ QA  # [B, T, d_in(+1)]
+                    a_rot = rotated[key]
                     d_rot = d @ QS  # [B, T, d_out]: (Q_Sᵀ δ_t) for every position
-                    a_rot = a @ QA  # [B, T, d_in(+1)]
-                    if d_rot.shape[1] == 1:  # one position: (Q_Sᵀ δ ãᵀ Q_A)² = (Q_Sᵀδ)² ((Q_Aᵀã)²)ᵀ, a matmul
-                        lam[name] += (d_rot[:, 0].to(torch.float64).pow(2).T
-                                      @ a_rot[:, 0].to(torch.float64).pow(2))
+                    if d_rot.shape[1] == 1:
+                        sq = d_rot[:, 0].to(torch.float64).pow(2)
+                        squares[key] = squares[key] + sq if key in squares else sq
                         continue
                     for c0 in range(0, d_rot.shape[0], self.chunk):
                         R = torch.einsum("bto,bti->boi", d_rot[c0: c0 + self.chunk], a_rot[c0: c0 + self.chunk])
                         lam[name] += R.to(torch.float64).pow(2).sum(0)
+                for key, sq in squares.items():  # (Q_Sᵀ δ ãᵀ Q_A)² = (Q_Sᵀδ)² ((Q_Aᵀã)²)ᵀ, summed over the probes
+                    lam[name] += sq.T @ rotated[key][:, 0].to(torch.float64).pow(2)
         for name in lam:
             self.factors_[name]["eigenvalues"] = lam[name] / space.n
 

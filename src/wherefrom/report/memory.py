@@ -68,7 +68,7 @@ def estimate_memory(attributor: Any, task: Any, n_train: int, n_test: int) -> li
         rows.append((f"{solver.upper()} factors of {len(sizes)} layers", nbytes))
     elif solver == "arnoldi":
         iterations = int(getattr(attributor, "solver_options", {}).get("iterations", 100))
-        rows.append((f"Arnoldi Krylov basis ({iterations} × p, float64)", iterations * p * 8))
+        rows.append((f"Arnoldi Krylov basis and its products (2 × {iterations} × p, float64)", 2 * iterations * p * 8))
     elif solver in ("cg", "lissa"):
         rows.append((f"{solver.upper()} work vectors (a few × p per test block)", 8 * p * item))
     elif solver is not None:
