@@ -47,7 +47,8 @@ def store_files(path: str) -> dict[str, bytes]:
     for root, _, files in os.walk(path):
         for f in files:
             full = os.path.join(root, f)
-            out[os.path.relpath(full, path)] = open(full, "rb").read()
+            with open(full, "rb") as fh:
+                out[os.path.relpath(full, path)] = fh.read()
     return out
 
 

@@ -4,9 +4,9 @@ index is measured against the exact search."""
 import numpy as np
 import pytest
 import torch
-from scale_helpers import small_problem
 
 import wherefrom as wf
+from scale_helpers import small_problem
 from wherefrom.scale.faiss_search import exact_search
 from wherefrom.store import StreamingTopK
 

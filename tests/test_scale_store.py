@@ -9,9 +9,9 @@ import time
 
 import pytest
 import torch
-from scale_helpers import small_problem, store_files
 
 import wherefrom as wf
+from scale_helpers import small_problem, store_files
 from wherefrom.scale import StoreMismatchError, ZarrFeatureStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "scale_helpers.py")
@@ -65,9 +65,11 @@ def test_corrupted_chunk_is_detected_and_rebuilt(tmp_path, damage):
         with open(chunk, "r+b") as fh:
             fh.truncate(os.path.getsize(chunk) // 2)
     elif damage == "garble":
-        data = bytearray(open(chunk, "rb").read())
-        data[len(data) // 2] ^= 0xFF
-        open(chunk, "wb").write(bytes(data))
+        with open(chunk, "r+b") as fh:
+            data = bytearray(fh.read())
+            data[len(data) // 2] ^= 0xFF
+            fh.seek(0)
+            fh.write(bytes(data))
     elif damage == "delete":
         os.remove(chunk)
     else:

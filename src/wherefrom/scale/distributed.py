@@ -59,7 +59,7 @@ def fill_chunks(client: Any, store: ZarrFeatureStore, featurizer: Any, chunks: l
     from dask.distributed import as_completed
 
     client = _check_client(client)
-    shipped = client.scatter(featurizer, broadcast=True)
+    shipped = client.scatter(featurizer, broadcast=True, hash=False)
     futures = client.map(_write_chunk, [store.path] * len(chunks), chunks, featurizer=shipped, pure=False)
     for future in track(as_completed(futures), "feature store chunks (dask)", len(futures), progress):
         future.result()
@@ -118,7 +118,7 @@ def distributed_top_k(attributor: Any, test: Any, k: int, client: Any, progress:
     stores = _zarr_stores(attributor)
     loader = as_loader(test, attributor.execution.batch_size, what="test")
     queries = [attributor._query(c, loader) for c in range(len(stores))]
-    shipped = client.scatter(_shippable(attributor), broadcast=True)
+    shipped = client.scatter(_shippable(attributor), broadcast=True, hash=False)
     futures = client.map(_chunk_top_k, [shipped] * stores[0].n_chunks, range(stores[0].n_chunks),
                          queries=queries, k=k, pure=False)
     top = StreamingTopK(k)
@@ -145,7 +145,7 @@ def distributed_self_influence(attributor: Any, client: Any, progress: bool | No
     """``attributor.self_influence()`` with one Dask task per store chunk, ``[n_train]``."""
     client = _check_client(client)
     stores = _zarr_stores(attributor)
-    shipped = client.scatter(_shippable(attributor), broadcast=True)
+    shipped = client.scatter(_shippable(attributor), broadcast=True, hash=False)
     futures = client.map(_chunk_self_influence, [shipped] * stores[0].n_chunks, range(stores[0].n_chunks),
                          pure=False)
     parts = [f.result() for f in track(futures, "self-influence chunks (dask)", len(futures), progress)]
