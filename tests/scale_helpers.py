@@ -53,15 +53,73 @@ def store_files(path: str) -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> None:
-    """``python scale_helpers.py CACHE_DIR DELAY``: fit LoGra into a zarr store under CACHE_DIR."""
+    """``python scale_helpers.py CACHE_DIR DELAY``: fit LoGra into a zarr store under CACHE_DIR;
+    ``python scale_helpers.py memory N CACHE_DIR``: print :func:`memory_probe` as JSON."""
+    import json
+
     import wherefrom as wf
 
     torch.set_num_threads(1)
     wf.set_progress(False)
+    if argv[0] == "memory":
+        print(json.dumps(memory_probe(int(argv[1]), argv[2])))
+        return
     task, train, _ = small_problem(delay=float(argv[1]))
     ex = wf.Execution(batch_size=8, block_size=16, store="zarr", cache_dir=argv[0])
     wf.LoGra(task, execution=ex).fit(train)
     print("done")
+
+
+
+def peak_rss_during(fn) -> tuple[int, object]:
+    """``(peak resident memory above the level before the call, in bytes; fn's result)``, sampled every 1 ms."""
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * page
+
+    base, peak, stop = rss(), [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        thread.join()
+    return max(peak[0], rss()) - base, out
+
+
+def memory_probe(n: int, cache: str) -> dict[str, int]:
+    """Fit Grad-Dot on ``n`` examples into a zarr store, then measure the peak memory of FAISS top-k, streaming
+    top-k and self-influence (each above the level before it)."""
+    import gc
+
+    import wherefrom as wf
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(48, 4)
+    X, y = torch.randn(n, 48), torch.randint(0, 4, (n,))
+    test = (torch.randn(20, 48), torch.randint(0, 4, (20,)))
+    ex = wf.Execution(batch_size=1024, store="zarr", cache_dir=cache)
+    att = wf.GradDot(wf.Task(model), execution=ex).fit((X, y))
+    out = {}
+    for name, fn in [("faiss", lambda: wf.scale.top_k(att, test, 10)),
+                     ("stream", lambda: att.top_k(test, 10)),
+                     ("self_influence", att.self_influence)]:
+        gc.collect()
+        fn()  # warm (imports, allocator pools)
+        gc.collect()
+        out[name], _ = peak_rss_during(fn)
+    return out
 
 
 if __name__ == "__main__":
