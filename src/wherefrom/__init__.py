@@ -61,12 +61,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Import ``wherefrom.features`` on first use (``wf.features.cd(...)``) to keep ``import wherefrom`` cheap."""
-    if name == "features":
+    """Import ``wherefrom.features`` and ``wherefrom.scale`` on first use (``wf.features.cd(...)``,
+    ``wf.scale.top_k(...)``) to keep ``import wherefrom`` cheap."""
+    if name in ("features", "scale"):
         import importlib
 
-        module = importlib.import_module("wherefrom.features")
-        globals()["features"] = module
+        module = importlib.import_module(f"wherefrom.{name}")
+        globals()[name] = module
         return module
     raise AttributeError(f"module 'wherefrom' has no attribute {name!r}")
 
@@ -112,6 +113,7 @@ __all__ = [
     "layers",
     "load",
     "register_layer_type",
+    "scale",
     "set_progress",
     "similarity",
     "sources",

@@ -34,6 +34,9 @@ class Execution:
         device: where stored training features are kept (``None``: the model's device). Scoring runs there.
         dtype: dtype of stored training features (``None``: the dtype they are computed in, the model's).
         progress: show progress bars (``None``: the library default, see :func:`wherefrom.set_progress`).
+        store: where training features are kept: ``"auto"`` (memory within ``memory_gb``, else ``cache_dir`` as
+            ``.npy``, else recomputed) or ``"zarr"`` (a chunked, compressed, resumable zarr store under
+            ``cache_dir``, shared by every method and run with the same features; see :mod:`wherefrom.scale`).
     """
 
     batch_size: int = 256
@@ -43,12 +46,15 @@ class Execution:
     device: str | None = None
     dtype: torch.dtype | None = None
     progress: bool | None = None
+    store: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise WherefromError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
         if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
             raise WherefromError(f"block_size must be a positive integer or None, got {self.block_size!r}.")
+        if self.store not in ("auto", "zarr"):
+            raise WherefromError(f"store must be 'auto' or 'zarr', got {self.store!r}.")
         if self.memory_gb < 0:
             raise WherefromError(f"memory_gb must be >= 0, got {self.memory_gb}.")
 

@@ -60,7 +60,12 @@ def write_npy(path: str, blocks: Iterable[tuple[int, torch.Tensor]], n: int, dim
 
 
 def read_store(path: str, device: torch.device | str = "cpu", block_size: int = 1024) -> FeatureStore:
-    """Open a store written by :meth:`FeatureStore.write`: ``.safetensors`` in memory, ``.npy`` by memory map."""
+    """Open a store written by :meth:`FeatureStore.write`: ``.safetensors`` in memory, ``.npy`` by memory map,
+    ``.zarr`` as a chunked zarr store (:class:`wherefrom.scale.ZarrFeatureStore`)."""
+    if path.endswith(".zarr"):
+        from wherefrom.scale.zarr_store import ZarrFeatureStore
+
+        return ZarrFeatureStore(path, device, block_size)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 

@@ -206,6 +206,11 @@ class ComposedAttributor(Attributor):
         dtype = ex.dtype or self.task.dtype
         device = torch.device(ex.device) if ex.device is not None else self.task.device
 
+        if ex.store == "zarr":
+            from wherefrom.scale.featurize import build_zarr_store
+
+            return build_zarr_store(self, c, loader)
+
         def blocks() -> Iterator[tuple[int, torch.Tensor]]:
             for start, block in self._feature_blocks(c, loader):
                 yield start, block.to(device=device, dtype=dtype)
@@ -323,33 +328,38 @@ class ComposedAttributor(Attributor):
         self._require_fit()
         loader = as_loader(test, self.execution.batch_size, what="test")
         queries = [self._query(c, loader) for c in range(len(self._states))]
-        sign = self.sign
         for parts in zip(*[store.blocks() for store in self._stores]):
-            start = parts[0][0]
-            acc = None
-            for c, (_, F) in enumerate(parts):
-                term = self._term(c, start, F, *queries[c])
-                acc = term if acc is None else acc + term
-            yield start, self._finish(start, acc, sign)  # type: ignore[arg-type]
+            yield parts[0][0], self._score_block(parts, queries)
+
+    def _score_block(self, parts: Sequence[tuple[int, torch.Tensor]], queries: Sequence[tuple]) -> torch.Tensor:
+        """Scores of one row block: ``parts[c] = (start, F_c [B, d_c])``, ``queries[c] = (TQ_c, col_c)``."""
+        start = parts[0][0]
+        acc = None
+        for c, (_, F) in enumerate(parts):
+            term = self._term(c, start, F, *queries[c])
+            acc = term if acc is None else acc + term
+        return self._finish(start, acc, self.sign)  # type: ignore[arg-type]
 
     def self_influence(self) -> torch.Tensor:
         """``sim(g_i, g_i)`` with training features on both sides (no sign: both sides are the same function),
         summed over checkpoints with their weights, ``[n_train]``."""
         self._require_fit()
-        out = []
-        for parts in zip(*[store.blocks() for store in self._stores]):
-            start = parts[0][0]
-            acc = None
-            for c, (_, F) in enumerate(parts):
-                state = self._similarity_states[c]
-                if "self_quadratic" in state:
-                    quad = self._apply_scale(state["self_quadratic"][start: start + F.shape[0]].to(F.dtype))
-                else:
-                    quad = (F * self._apply_scale(self._solve(c, F)).to(F.dtype)).sum(1)
-                term = self._weights[c] * self.similarity.self_similarity(state, start, quad, self._apply_scale)
-                acc = term if acc is None else acc + term
-            out.append(self._finish(start, acc.unsqueeze(1), 1.0)[:, 0])  # type: ignore[union-attr]
-        return torch.cat(out)
+        return torch.cat([self._self_influence_block(parts)
+                          for parts in zip(*[store.blocks() for store in self._stores])])
+
+    def _self_influence_block(self, parts: Sequence[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """Self-influence of one row block: ``parts[c] = (start, F_c [B, d_c])`` -> ``[B]``."""
+        start = parts[0][0]
+        acc = None
+        for c, (_, F) in enumerate(parts):
+            state = self._similarity_states[c]
+            if "self_quadratic" in state:
+                quad = self._apply_scale(state["self_quadratic"][start: start + F.shape[0]].to(F.dtype))
+            else:
+                quad = (F * self._apply_scale(self._solve(c, F)).to(F.dtype)).sum(1)
+            term = self._weights[c] * self.similarity.self_similarity(state, start, quad, self._apply_scale)
+            acc = term if acc is None else acc + term
+        return self._finish(start, acc.unsqueeze(1), 1.0)[:, 0]  # type: ignore[union-attr]
 
     def score_by_module(self, test: DataLike) -> dict[str, torch.Tensor]:
         """Per-module contributions ``τ_l[i, j]`` (parameter-space compositions, one checkpoint).

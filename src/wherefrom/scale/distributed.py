@@ -1,0 +1,152 @@
+"""Featurisation, scoring, top-k and self-influence as Dask tasks over the chunks of zarr feature stores.
+
+``client`` is any :class:`dask.distributed.Client` (a laptop's :func:`local_client`, a workstation, a cluster whose
+workers see the store's folder). Every task works on one chunk of rows:
+
+- featurisation: compute the chunk's features with a :class:`~wherefrom.scale.featurize.ChunkFeaturizer` and write
+  them (and their checksum) to the shared store;
+- scoring: read the chunk from every checkpoint's store and return the chunk's local top-k (``[k, m]`` values
+  and row indices, largest and smallest) or self-influence (``[rows]``); the client merges them.
+
+A task does exactly the arithmetic the single-process path does on that block (the attributor's own
+``_score_block`` / ``_self_influence_block``), so the results agree to rounding; the top-k merge is exact. A worker
+that dies mid-run has its tasks rerun elsewhere by the scheduler; since a chunk is a deterministic function of its
+rows and written with a checksum, the result does not change.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from wherefrom.errors import WherefromError
+from wherefrom.progress import track
+from wherefrom.scale.zarr_store import ZarrFeatureStore
+from wherefrom.store import StreamingTopK, TopK
+
+
+def local_client(n_workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int = "2GB",
+                 **kwargs: Any) -> Any:
+    """A :class:`dask.distributed.Client` on a new ``LocalCluster`` of worker *processes* on this machine."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                           memory_limit=memory_limit, dashboard_address=None, **kwargs)
+    return Client(cluster)
+
+
+def _check_client(client: Any) -> Any:
+    if client == "local":
+        return local_client()
+    if not (hasattr(client, "submit") and hasattr(client, "map") and hasattr(client, "scatter")):
+        raise WherefromError(f"client must be a dask.distributed.Client (or 'local'), got {type(client).__name__}.")
+    return client
+
+
+def _write_chunk(path: str, i: int, featurizer: Any) -> str:
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+    store = ZarrFeatureStore(path)
+    return store.write_chunk(i, featurizer(*store.chunk_range(i)))
+
+
+def fill_chunks(client: Any, store: ZarrFeatureStore, featurizer: Any, chunks: list[int],
+                progress: bool | None = None) -> None:
+    """Compute ``chunks`` of ``store`` as Dask tasks (one per chunk), waiting for all of them."""
+    from dask.distributed import as_completed
+
+    client = _check_client(client)
+    shipped = client.scatter(featurizer, broadcast=True, hash=False)
+    futures = client.map(_write_chunk, [store.path] * len(chunks), chunks, featurizer=shipped, pure=False)
+    for future in track(as_completed(futures), "feature store chunks (dask)", len(futures), progress):
+        future.result()
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def _zarr_stores(attributor: Any) -> list[ZarrFeatureStore]:
+    attributor._require_fit()
+    stores = attributor._stores
+    if not stores or not all(isinstance(s, ZarrFeatureStore) for s in stores):
+        raise WherefromError("Distributed scoring reads the training features from zarr stores: fit the attributor "
+                             "with execution=Execution(store='zarr', cache_dir=...).")
+    rows = {s.chunk_rows for s in stores}
+    if len(rows) != 1:
+        raise WherefromError(f"The checkpoints' stores have different chunk sizes {sorted(rows)}; build them with "
+                             "the same Execution.")
+    return stores
+
+
+def _shippable(attributor: Any) -> Any:
+    """A shallow copy without the training loader and curvature spaces (workers only read the stores)."""
+    light = copy.copy(attributor)
+    light._train_loader = None
+    light.spaces_ = []
+    return light
+
+
+def _chunk_parts(stores: list[ZarrFeatureStore], i: int) -> list[tuple[int, torch.Tensor]]:
+    parts = []
+    for store in stores:
+        start, stop = store.chunk_range(i)
+        parts.append((start, store.read(start, stop)))
+    return parts
+
+
+def _chunk_top_k(attributor: Any, i: int, queries: list[tuple], k: int) -> tuple[torch.Tensor, ...]:
+    torch.set_num_threads(1)
+    parts = _chunk_parts(attributor._stores, i)
+    top = StreamingTopK(k)
+    top.update(parts[0][0], attributor._score_block(parts, queries))
+    return top._hi_v, top._hi_i, top._lo_v, top._lo_i
+
+
+def _chunk_self_influence(attributor: Any, i: int) -> torch.Tensor:
+    torch.set_num_threads(1)
+    return attributor._self_influence_block(_chunk_parts(attributor._stores, i))
+
+
+def distributed_top_k(attributor: Any, test: Any, k: int, client: Any, progress: bool | None = None) -> TopK:
+    """``attributor.top_k(test, k)`` with one Dask task per store chunk; the partial top-k are merged here."""
+    from dask.distributed import as_completed
+
+    from wherefrom.data.loaders import as_loader
+
+    client = _check_client(client)
+    stores = _zarr_stores(attributor)
+    loader = as_loader(test, attributor.execution.batch_size, what="test")
+    queries = [attributor._query(c, loader) for c in range(len(stores))]
+    shipped = client.scatter(_shippable(attributor), broadcast=True, hash=False)
+    futures = client.map(_chunk_top_k, [shipped] * stores[0].n_chunks, range(stores[0].n_chunks),
+                         queries=queries, k=k, pure=False)
+    top = StreamingTopK(k)
+    for future in track(as_completed(futures), "top-k chunks (dask)", len(futures), progress):
+        hi_v, hi_i, lo_v, lo_i = future.result()
+        top._hi_v, top._hi_i = _merge(top._hi_v, top._hi_i, hi_v, hi_i, k, True)
+        top._lo_v, top._lo_i = _merge(top._lo_v, top._lo_i, lo_v, lo_i, k, False)
+    return top.result()
+
+
+def _merge(vals: torch.Tensor | None, idx: torch.Tensor | None, new_vals: torch.Tensor, new_idx: torch.Tensor,
+           k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial top-k (``[k', m]`` each), keeping the order independent of arrival: ties go to the lower
+    row index, as in the single-process scan."""
+    if vals is not None:
+        new_vals = torch.cat([vals, new_vals], dim=0)
+        new_idx = torch.cat([idx, new_idx], dim=0)
+    order = torch.argsort(new_idx, dim=0, stable=True)  # row order first, so that topk breaks ties by row
+    new_vals, new_idx = torch.gather(new_vals, 0, order), torch.gather(new_idx, 0, order)
+    return StreamingTopK._merge(None, None, new_vals, new_idx, k, largest)
+
+
+def distributed_self_influence(attributor: Any, client: Any, progress: bool | None = None) -> torch.Tensor:
+    """``attributor.self_influence()`` with one Dask task per store chunk, ``[n_train]``."""
+    client = _check_client(client)
+    stores = _zarr_stores(attributor)
+    shipped = client.scatter(_shippable(attributor), broadcast=True, hash=False)
+    futures = client.map(_chunk_self_influence, [shipped] * stores[0].n_chunks, range(stores[0].n_chunks),
+                         pure=False)
+    parts = [f.result() for f in track(futures, "self-influence chunks (dask)", len(futures), progress)]
+    return torch.cat(parts)
