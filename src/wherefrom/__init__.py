@@ -32,14 +32,17 @@ from wherefrom.methods import (
     RepresenterPoints,
     TracInCP,
 )
+from wherefrom.methods.hydra import HYDRA
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
 from wherefrom.task import Task
+from wherefrom.trajectory import Trajectory, TrajectoryRecorder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HYDRA",
     "TRAK",
     "Attributor",
     "CheckpointMismatchError",
@@ -60,6 +63,8 @@ __all__ = [
     "Task",
     "TopK",
     "TracInCP",
+    "Trajectory",
+    "TrajectoryRecorder",
     "UnknownNameError",
     "WherefromError",
     "curvature",

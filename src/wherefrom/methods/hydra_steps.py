@@ -1,0 +1,201 @@
+"""What every HYDRA engine needs at one recorded step ``t``: the batch, ``θ_t``, per-example gradients, the batch
+gradient, batched Hessian-vector products of the step loss and the optimizer step's linearisation.
+
+The step loss is the batch mean ``L_t(θ) = (1/B_t) Σ_{j∈B_t} ℓ_j(θ)`` of ``task.loss_fn`` over the recorded batch
+(its real size, so a ragged last batch is exact); the optimizer adds its own weight decay. Derivatives are taken
+at the *pre-step* parameters ``θ_t`` of the same batch. The model runs in eval mode with the task's (final)
+buffers; the recorder refused train-mode dropout and batch norm, so that is the function the step used.
+
+Before a step's numbers are used, the recomputed batch gradient is compared with the check the recorder took of
+the gradient the optimizer actually stepped with (norm and two random sketches): a mismatch means the run did
+something this maths does not describe (gradient clipping, another loss, augmentation, another model or data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import grad, jvp, vmap
+from torch.utils.data import DataLoader
+
+from wherefrom.data.loaders import collate_indices
+from wherefrom.errors import WherefromError
+from wherefrom.gradients import per_example_grad_fn
+from wherefrom.task import Task
+from wherefrom.trajectory.optimizers import rule_for
+from wherefrom.trajectory.store import Trajectory, TrajectoryStep
+
+
+class TrajectoryMismatchError(WherefromError):
+    """A recorded trajectory does not belong to this task, model or training data, or its steps do not replay."""
+
+
+def default_check_tol(dtype: torch.dtype) -> float:
+    """Relative tolerance of the gradient check: 1e-8 in float64, 1e-4 otherwise."""
+    return 1e-8 if dtype == torch.float64 else 1e-4
+
+
+@dataclass
+class StepData:
+    """One step's evaluation point: the trajectory step, ``θ_t`` ``[p]``, the collated batch and its size."""
+
+    step: TrajectoryStep
+    theta: torch.Tensor
+    batch: Any
+    size: int
+
+
+def check_compatible(task: Task, trajectory: Trajectory, n_train: int) -> None:
+    """Raise :class:`TrajectoryMismatchError` unless ``trajectory`` was recorded on ``task``'s model and data."""
+    if list(task.param_names) != trajectory.param_names:
+        only_task = [n for n in task.param_names if n not in trajectory.param_names]
+        only_traj = [n for n in trajectory.param_names if n not in task.param_names]
+        raise TrajectoryMismatchError(
+            "The task's parameters are not the ones the recorded optimizer trained "
+            f"(only in the task: {only_task[:5]}; only in the trajectory: {only_traj[:5]}). HYDRA differentiates "
+            "every trained parameter: build the Task with params=trajectory.param_names (or None) on the model "
+            "that was trained."
+        )
+    shapes = [tuple(s) for s in task.param_shapes]
+    if shapes != trajectory.param_shapes:
+        bad = [f"{n}: task {a} vs trajectory {b}" for n, a, b in zip(task.param_names, shapes,
+                                                                          trajectory.param_shapes) if a != b]
+        raise TrajectoryMismatchError(f"The trajectory was recorded on another model: shape mismatches {bad[:5]}.")
+    if task.train_mode_modules:
+        raise TrajectoryMismatchError(
+            "HYDRA differentiates deterministic steps: the task keeps modules "
+            f"{list(task.train_mode_modules)[:5]} in training mode; clear train_mode_modules."
+        )
+    final = trajectory.final_theta.to(torch.float64)
+    mine = task.flat_params(task.state(None)).detach().to("cpu", torch.float64)
+    dtype = torch.promote_types(trajectory.dtype, task.dtype)
+    rel = float((mine - final).abs().max()) / max(float(final.abs().max()), 1.0)
+    if rel > (1e-12 if dtype == torch.float64 else 1e-6):
+        raise TrajectoryMismatchError(
+            f"The task's model parameters are not the final parameters of the recorded run (max relative "
+            f"difference {rel:.2e}). Build the Task on the model as it was after the last recorded step (or pass "
+            "that state as the task's checkpoint)."
+        )
+    top = trajectory.max_index()
+    if top >= n_train:
+        raise TrajectoryMismatchError(f"The trajectory's batches use training index {top} but the training data "
+                                      f"has {n_train} examples: pass the dataset the run was trained on.")
+
+
+class StepEvaluator:
+    """Binds a task, a trajectory and the training data; evaluates what the engines need at each step.
+
+    Args:
+        task, trajectory, loader: the attributed task, the recorded run and the (ordered) training data.
+        grad_block: examples per block of per-example gradients.
+        hvp_chunk: vectors per vmapped Hessian-vector product.
+        check_tol: relative tolerance of the gradient check (``None``: :func:`default_check_tol`).
+    """
+
+    def __init__(self, task: Task, trajectory: Trajectory, loader: DataLoader, grad_block: int = 64,
+                 hvp_chunk: int = 128, check_tol: float | None = None) -> None:
+        self.task, self.trajectory, self.loader = task, trajectory, loader
+        self.rule = rule_for(trajectory.optimizer)
+        self.device, self.dtype = task.device, task.dtype
+        self.state = task.state(None)
+        self.group_index = trajectory.group_index(self.device)
+        self.sketch = trajectory.sketch_vectors(self.device, self.dtype)
+        self.grad_block, self.hvp_chunk = max(1, grad_block), max(1, hvp_chunk)
+        self.check_tol = default_check_tol(self.dtype) if check_tol is None else float(check_tol)
+        self._example_grad = per_example_grad_fn(task, task.loss_fn, self.state)
+        self.checked_steps: set[int] = set()
+
+    @property
+    def num_params(self) -> int:
+        return self.trajectory.num_params
+
+    def load(self, step: TrajectoryStep, theta: torch.Tensor | None = None) -> StepData:
+        """Collate the step's batch and place ``θ_t`` (the recorded one, or ``theta`` when replaying)."""
+        th = step.theta if theta is None else theta
+        if th is None:
+            raise TrajectoryMismatchError(f"Step {step.t} has no stored parameters (recorded with "
+                                          "store_params=False): only engine='lean' can replay such a run.")
+        batch = self.task.prepare_batch(collate_indices(self.loader, step.indices.tolist()))
+        return StepData(step, th.to(device=self.device, dtype=self.dtype), batch, int(step.indices.numel()))
+
+    # ------------------------------------------------------------------ gradients
+    def _sub_batch(self, batch: Any, rows: torch.Tensor) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch[rows]
+        if isinstance(batch, tuple):
+            return tuple(self._sub_batch(b, rows) for b in batch)
+        if isinstance(batch, list):
+            return [self._sub_batch(b, rows) for b in batch]
+        if isinstance(batch, Mapping):
+            return {k: self._sub_batch(v, rows) for k, v in batch.items()}
+        return batch
+
+    def example_grad_blocks(self, data: StepData, rows: torch.Tensor | None = None):
+        """Yield ``(rows_k, G_k)``: per-example loss gradients ``[b, p]`` at ``θ_t`` of batch positions ``rows``."""
+        rows = torch.arange(data.size) if rows is None else rows
+        for k in range(0, rows.numel(), self.grad_block):
+            r = rows[k:k + self.grad_block]
+            yield r, self._example_grad(data.theta, self._sub_batch(data.batch, r.to(self.device))).detach()
+
+    def example_grads_at(self, theta: torch.Tensor, data: StepData) -> torch.Tensor:
+        """Per-example loss gradients ``[B, p]`` of the step's batch at another point ``theta`` (e.g. ``θ_T``)."""
+        return torch.cat([self._example_grad(theta, self._sub_batch(data.batch, r.to(self.device))).detach()
+                          for r in torch.arange(data.size).split(self.grad_block)])
+
+    def _mean_loss(self, batch: Any):
+        task, state = self.task, self.state
+
+        def loss(flat: torch.Tensor) -> torch.Tensor:
+            return task.per_example(task.loss_fn, flat, state, batch).mean()
+
+        return loss
+
+    def batch_grad(self, data: StepData) -> torch.Tensor:
+        """``g_t = ∇L_t(θ_t)``, ``[p]``."""
+        return grad(self._mean_loss(data.batch))(data.theta).detach()
+
+    def hvp(self, data: StepData, V: torch.Tensor) -> torch.Tensor:
+        """``H_t V`` for a block of vectors ``V`` ``[K, p]`` (forward-over-reverse, vmapped in chunks)."""
+        g = grad(self._mean_loss(data.batch))
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            return jvp(g, (data.theta,), (v,))[1]
+
+        many = vmap(one, randomness=self.task.vmap_randomness)
+        return torch.cat([many(chunk).detach() for chunk in V.split(self.hvp_chunk)]) if V.shape[0] else V.clone()
+
+    # ------------------------------------------------------------------ checks and linearisation
+    def check(self, data: StepData, g: torch.Tensor, tol: float | None = None) -> None:
+        """Compare the recomputed batch gradient ``g`` with the recorded gradient check of the step."""
+        t = data.step.t
+        rec = data.step.grad_check.to(torch.float64)
+        mine = torch.cat([g.norm().reshape(1), self.sketch @ g]).to("cpu", torch.float64)
+        scale = max(float(rec[0]), float(mine[0]), torch.finfo(torch.float64).tiny)
+        rel = float((rec - mine).abs().max()) / scale
+        tol = self.check_tol if tol is None else tol
+        if rel > tol:
+            ratio = float(rec[0] / mine[0]) if float(mine[0]) > 0 else float("nan")
+            sketch_ratio = (rec[1:] / mine[1:]).tolist() if bool((mine[1:] != 0).all()) else []
+            scaled = ratio < 1 and all(abs(r - ratio) < 1e-3 * max(1.0, abs(ratio)) for r in sketch_ratio)
+            hint = (f" The recorded gradient is the recomputed one scaled by {ratio:.6g}: this looks like gradient "
+                    "clipping, which has no exact derivative here; train without clipping." if scaled else "")
+            raise TrajectoryMismatchError(
+                f"Step {t}: the gradient the optimizer used (norm {float(rec[0]):.6g}) differs from the batch-mean "
+                f"gradient of task.loss_fn recomputed at the recorded θ_t (norm {float(mine[0]):.6g}; relative "
+                f"mismatch {rel:.2e} > tol {tol:.1e}).{hint} HYDRA differentiates steps whose gradient is the mean "
+                "of task.loss_fn over the recorded batch: no clipping, no extra loss terms (put weight decay in the "
+                "optimizer), no augmentation, the same model, data and example order. If the difference is only "
+                "round-off, raise check_tol."
+            )
+        self.checked_steps.add(t)
+
+    def needs_check(self, t: int) -> bool:
+        return t not in self.checked_steps
+
+    def linearise(self, data: StepData, g: torch.Tensor | None):
+        """The optimizer step's linearisation at this step (``g`` only needed by Adam/AdamW)."""
+        state = {k: v.to(device=self.device, dtype=self.dtype) for k, v in data.step.state.items()}
+        return self.rule.linearise(data.step.hyper, self.group_index, data.theta, g, state)
