@@ -74,12 +74,18 @@ class MemoryBackend:
 
 
 class ZarrBackend:
-    """Steps appended to a zarr group (one chunk per step of ``θ_t``, zstd-compressed)."""
+    """Steps appended to a zarr group (one chunk per step of ``θ_t``, zstd-compressed).
 
-    def __init__(self, path: str, meta: dict | None = None, mode: str = "r") -> None:
+    Writes are buffered and flushed every ``flush_every`` steps (and whenever a step is read or ``θ_T`` is set);
+    the small per-step arrays (offsets, hyper-parameters, gradient checks) are also kept in memory.
+    """
+
+    def __init__(self, path: str, meta: dict | None = None, mode: str = "r", flush_every: int = 32) -> None:
         import zarr
 
         self.path = os.fspath(path)
+        self.flush_every = flush_every
+        self._pending: list[dict] = []
         if mode == "w":
             self.group = zarr.open_group(self.path, mode="w")
             self.group.attrs.update(meta)
@@ -88,7 +94,11 @@ class ZarrBackend:
             if not os.path.exists(self.path):
                 raise WherefromError(f"No recorded trajectory at {self.path!r}.")
             self.group = zarr.open_group(self.path, mode=mode)
-        self._len = int(self.group["offsets"].shape[0]) - 1
+        g = self.group
+        self._offsets = [int(v) for v in np.asarray(g["offsets"][:])]
+        self._hyper = {name: list(np.asarray(g[f"hyper/{name}"][:])) for name in g.attrs["hyper_names"]}
+        self._checks = list(np.asarray(g["grad_check"][:]))
+        self._n_theta = int(g["theta"].shape[0])
 
     def _create(self, meta: dict) -> None:
         p = int(sum(int(np.prod(s)) for s in meta["param_shapes"]))
@@ -108,32 +118,46 @@ class ZarrBackend:
         g.create_array("grad_check", shape=(0, 3), chunks=(1024, 3), dtype="float64")
 
     def append(self, row: dict) -> None:
-        g = self.group
-        if row["theta"] is not None:
-            g["theta"].append(row["theta"].cpu().numpy()[None])
-        for name, value in row["state"].items():
-            g[name].append(value.cpu().numpy()[None])
         idx = row["indices"].cpu().numpy().astype(np.int64)
-        g["indices"].append(idx)
-        end = int(g["offsets"][-1]) + len(idx)
-        g["offsets"].append(np.array([end], dtype=np.int64))
+        self._offsets.append(self._offsets[-1] + len(idx))
         for name, value in row["hyper"].items():
-            g[f"hyper/{name}"].append(value.cpu().numpy()[None].astype(np.float64))
-        g["grad_check"].append(row["grad_check"].cpu().numpy()[None].astype(np.float64))
-        self._len += 1
+            self._hyper[name].append(value.cpu().numpy().astype(np.float64))
+        self._checks.append(row["grad_check"].cpu().numpy().astype(np.float64))
+        self._pending.append({**row, "indices": idx})
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered steps to the store."""
+        if not self._pending:
+            return
+        g, rows = self.group, self._pending
+        thetas = [r["theta"].cpu().numpy() for r in rows if r["theta"] is not None]
+        if thetas:
+            g["theta"].append(np.stack(thetas))
+            self._n_theta += len(thetas)
+        for name in g.attrs["recorded_state"]:
+            g[name].append(np.stack([r["state"][name].cpu().numpy() for r in rows]))
+        g["indices"].append(np.concatenate([r["indices"] for r in rows]))
+        n = len(self._offsets) - 1
+        g["offsets"].append(np.asarray(self._offsets[n - len(rows) + 1:], dtype=np.int64))
+        for name in g.attrs["hyper_names"]:
+            g[f"hyper/{name}"].append(np.stack(self._hyper[name][n - len(rows):]))
+        g["grad_check"].append(np.stack(self._checks[n - len(rows):]))
+        self._pending = []
 
     def read(self, t: int, with_theta: bool = True) -> dict:
+        self.flush()
         g = self.group
-        lo, hi = (int(v) for v in g["offsets"][t:t + 2])
-        theta = None
-        if with_theta and t < g["theta"].shape[0]:
-            theta = torch.from_numpy(np.asarray(g["theta"][t]))
-        hyper = {name: torch.from_numpy(np.asarray(g[f"hyper/{name}"][t])) for name in g.attrs["hyper_names"]}
+        lo, hi = self._offsets[t], self._offsets[t + 1]
+        theta = torch.from_numpy(np.asarray(g["theta"][t])) if with_theta and t < self._n_theta else None
+        hyper = {name: torch.from_numpy(np.asarray(v[t])) for name, v in self._hyper.items()}
         state = {name: torch.from_numpy(np.asarray(g[name][t])) for name in g.attrs["recorded_state"]}
         return {"indices": torch.from_numpy(np.asarray(g["indices"][lo:hi])), "theta": theta, "hyper": hyper,
-                "state": state, "grad_check": torch.from_numpy(np.asarray(g["grad_check"][t]))}
+                "state": state, "grad_check": torch.from_numpy(np.asarray(self._checks[t]))}
 
     def set_final(self, theta: torch.Tensor, meta: dict) -> None:
+        self.flush()
         self.group["final_theta"][:] = theta.cpu().numpy()
         self.group.attrs.update(meta)
 
@@ -144,7 +168,7 @@ class ZarrBackend:
         return torch.from_numpy(np.asarray(self.group["final_theta"][:]))
 
     def __len__(self) -> int:
-        return self._len
+        return len(self._offsets) - 1
 
 
 class Trajectory:
@@ -238,7 +262,11 @@ class Trajectory:
 
     def max_index(self) -> int:
         """The largest training-set index of any recorded batch."""
-        return max(int(self.step(t, with_theta=False).indices.max()) for t in range(len(self)))
+        backend = self._backend
+        if isinstance(backend, ZarrBackend):
+            backend.flush()
+            return int(np.asarray(backend.group["indices"][:]).max())
+        return max(int(row["indices"].max()) for row in backend.rows)
 
     def fingerprint(self) -> str:
         """A short hash of the metadata, the number of steps and ``θ_T`` (keys caches to this exact run)."""
