@@ -247,6 +247,11 @@ def test_batched_hvp_and_gradients_match_explicit_derivatives():
     HV = ev.hvp(data, V)
     torch.testing.assert_close(HV, V @ H, rtol=1e-10, atol=1e-12)  # batched = explicit (H symmetric)
     torch.testing.assert_close(V[0] @ HV[1], V[1] @ HV[0])
-    G = torch.cat([g for _, g in ev.example_grad_blocks(data)])
+    G = ev.example_grads(data)
     torch.testing.assert_close(G.mean(0), ev.batch_grad(data))
+    torch.testing.assert_close(ev.example_dots(data, V), G @ V.T)  # forward-mode dots (K < B) = explicit
+    torch.testing.assert_close(ev.example_dots(data, V[:1].repeat(5, 1)), G @ V[:1].repeat(5, 1).T)
+    HV2, dots = ev.hvp(data, V, with_dots=True)
+    torch.testing.assert_close(HV2, HV)
+    torch.testing.assert_close(dots, G @ V.T)
     torch.testing.assert_close(ev.batch_grad(data), torch.func.grad(mean_loss)(data.theta))

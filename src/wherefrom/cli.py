@@ -54,7 +54,8 @@ def bench(
     n_test: int | None = typer.Option(None, help="Use only the first n test examples."),
     loo_first: int | None = typer.Option(None, help="LOO ground truth for the first n train points only."),
     subsets: int = typer.Option(100, help="LDS subsets M."),
-    fraction: float = typer.Option(0.5, help="LDS subset fraction α."),
+    fraction: str | None = typer.Option(None, help="LDS subset fraction(s) α kept, comma-separated "
+                                        "(default: the setting's, e.g. 0.5, or 0.99,0.5 for trajectory settings)."),
     ensemble_size: int = typer.Option(5, help="Independently trained models offered to ensemble methods."),
     noise: float = typer.Option(0.1, help="Fraction of flipped labels for the AUC metric."),
     target: str = typer.Option("loss", help="Attributed target and ground truth: loss or margin."),
@@ -92,9 +93,10 @@ def bench(
     try:
         s = get_setting(setting, **overrides)
         loo_indices = list(range(loo_first)) if loo_first is not None else None
+        fractions = [float(f) for f in fraction.split(",") if f.strip()] if fraction else None
         result = run_benchmark(
             s, methods, metrics, cache_dir=cache_dir, workers=workers, loo_indices=loo_indices,
-            n_subsets=subsets, fraction=fraction, ensemble_size=ensemble_size, noise=noise, target=target,
+            n_subsets=subsets, fraction=fractions, ensemble_size=ensemble_size, noise=noise, target=target,
             options=_parse_options(option), progress=progress, log=(lambda m: typer.echo(m, err=True)),
         )
     except WherefromError as exc:

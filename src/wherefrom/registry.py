@@ -31,6 +31,8 @@ class MethodContext:
         last_layer: name of the final linear layer (representer points).
         options: method options given by the user (e.g. ``damping``), passed to the method's constructor.
         seed: seed for randomised methods.
+        recorded_run: ``recorded_run() -> Trajectory | None``, the reference run recorded step by step (trajectory
+            methods such as HYDRA), or ``None`` when the setting has none.
     """
 
     task: Task
@@ -41,6 +43,7 @@ class MethodContext:
     last_layer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    recorded_run: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -80,4 +83,5 @@ def method_names() -> list[str]:
 def _load_builtin() -> None:
     import wherefrom.methods.registrations
     import wherefrom.methods.registrations_curvature
+    import wherefrom.methods.registrations_hydra
     import wherefrom.methods.registrations_projection  # noqa: F401  (TRAK, LoGra, RPS, KNN-Shapley, ...)

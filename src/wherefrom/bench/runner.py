@@ -143,8 +143,15 @@ class BenchResult:
     def columns(self) -> list[tuple[str, str]]:
         cols = list(self.COLUMNS)
         for m in self.metrics:
-            cols += self.METRIC_COLUMNS[m]
+            cols += self.metric_columns(m)
         return cols
+
+    def metric_columns(self, metric: str) -> list[tuple[str, str]]:
+        """Columns of one metric (one LDS column per subset fraction when several were measured)."""
+        fractions = self.ground_truth.get("lds", {}).get("fractions", [])
+        if metric == "lds" and len(fractions) > 1:
+            return [(f"LDS α={f:g}", f"lds@{f:g}") for f in fractions]
+        return self.METRIC_COLUMNS[metric]
 
     def table(self, fmt: str = "markdown") -> str:
         """The results as a markdown table (method, fit s, score s, peak MB, then the metrics)."""
@@ -154,8 +161,8 @@ class BenchResult:
             cells = []
             for _, key in cols:
                 v = getattr(r, key) if hasattr(r, key) else r.value(key)
-                if key == "lds" and not math.isnan(v):
-                    ci = r.metrics["lds"]["ci"]
+                if key.startswith("lds") and not math.isnan(v):
+                    ci = r.metrics[key]["ci"]
                     cells.append(f"{v:.3f} ± {(ci[1] - ci[0]) / 2:.3f}")
                 elif key in ("fit_s", "score_s"):
                     cells.append(f"{v:.2f}")
@@ -189,7 +196,7 @@ class BenchResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = [(label, key) for m in self.metrics for label, key in self.METRIC_COLUMNS[m] if m != "brittle"]
+        keys = [(label, key) for m in self.metrics for label, key in self.metric_columns(m) if m != "brittle"]
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(self.rows) * max(1, len(keys)) / 2 + 3), 4))
         width = 0.8 / max(1, len(keys))
         x = np.arange(len(self.rows))
@@ -243,6 +250,7 @@ def build_context(ws: Workspace, options: dict | None = None, ensemble_size: int
         task=task, trajectory=list(ref.trajectory), learning_rates=list(ref.learning_rates),
         ensemble=LazyCheckpoints(ensemble_size, lambda: ws.ensemble(ensemble_size)),
         features_fn=features_fn, last_layer=ws.setting.last_layer, options=dict(options or {}), seed=seed,
+        recorded_run=ws.recorded_trajectory,
     )
 
 
@@ -255,7 +263,7 @@ def run_benchmark(
     workers: int | None = None,
     loo_indices: Sequence[int] | None = None,
     n_subsets: int = 100,
-    fraction: float = 0.5,
+    fraction: float | Sequence[float] | None = None,
     ensemble_size: int = 5,
     noise: float = 0.1,
     target: str = "loss",
@@ -272,7 +280,8 @@ def run_benchmark(
         methods: registered method names (comma-separated or a list); default: every registered method.
         metrics: any of ``loo``, ``lds``, ``auc``, ``brittle``.
         loo_indices: train positions whose LOO retraining is the ground truth (default: all).
-        n_subsets, fraction: LDS subsets ``M`` and ``α``.
+        n_subsets, fraction: LDS subsets ``M`` and the kept fraction(s) ``α`` (default: the setting's
+            ``lds_fractions``; with several, one LDS column per fraction, keys ``lds@α``).
         ensemble_size: models in ``MethodContext.ensemble`` (trained on random 50% subsets, cached).
         noise: fraction of flipped labels for ``auc``.
         target: ``"loss"`` or ``"margin"``: what is attributed and what the ground truth measures.
@@ -291,15 +300,20 @@ def run_benchmark(
     say(f"setting {s.name} ({s.key()}): reference model")
     ws.reference()
     gt_info: dict[str, Any] = {"cache": ws.root}
-    loo_gt = lds_gt = None
+    loo_gt = None
+    lds_gts: dict[str, Any] = {}
+    fractions = list(s.lds_fractions) if fraction is None else (
+        [float(fraction)] if isinstance(fraction, (int, float)) else [float(f) for f in fraction])
     if "loo" in mets:
         say("LOO ground truth")
         loo_gt = ws.loo(loo_indices)
         gt_info["loo"] = {"n_models": len(loo_gt.indices), "build_s": loo_gt.seconds}
     if "lds" in mets:
         say("LDS ground truth")
-        lds_gt = ws.lds(n_subsets, fraction)
-        gt_info["lds"] = {"n_subsets": n_subsets, "fraction": fraction, "build_s": lds_gt.seconds}
+        for f in fractions:
+            lds_gts["lds" if len(fractions) == 1 else f"lds@{f:g}"] = ws.lds(n_subsets, f)
+        gt_info["lds"] = {"n_subsets": n_subsets, "fractions": fractions,
+                          "build_s": [g.seconds for g in lds_gts.values()]}
     noisy_ws = None
     if "auc" in mets:
         noisy_ws = Workspace(s.replace(label_noise=noise), cache_dir=cache_dir, workers=workers, progress=progress)
@@ -334,8 +348,8 @@ def run_benchmark(
                 res = loo_correlation(S, y, loo_gt.indices)
                 row.metrics["loo_pearson"] = res["pearson"].to_dict()
                 row.metrics["loo_spearman"] = res["spearman"].to_dict()
-            if lds_gt is not None:
-                row.metrics["lds"] = lds(S, lds_gt.masks, lds_gt.goodness(target)).to_dict()
+            for key, gt in lds_gts.items():
+                row.metrics[key] = lds(S, gt.masks, gt.goodness(target)).to_dict()
             if brittle_tests is not None:
                 br = brittleness(S, brittle_tests, test.tensors[1].numpy(), ws.retrain_predict(), brittle_ks,
                                  random_baseline=True)

@@ -23,29 +23,18 @@ from collections.abc import Callable
 
 import torch
 
-from wherefrom.methods.hydra_steps import StepData, StepEvaluator, TrajectoryMismatchError
+from wherefrom.methods.hydra_steps import StepEvaluator, TrajectoryMismatchError
 from wherefrom.progress import track
 from wherefrom.trajectory.optimizers import SGDRule
-
-
-def _batch_pass(ev: StepEvaluator, data: StepData, lam_g: torch.Tensor | None, out: torch.Tensor | None
-                ) -> torch.Tensor:
-    """Per-example gradients of the whole batch: add ``⟨λ_g, g_i⟩/B`` to ``out`` rows; return the batch gradient."""
-    idx = data.step.indices.to(ev.device)
-    total = torch.zeros(ev.num_params, device=ev.device, dtype=ev.dtype)
-    for rows, G in ev.example_grad_blocks(data):
-        total += G.sum(0)
-        if lam_g is not None and out is not None:
-            out.index_add_(0, idx[rows.to(ev.device)], (G @ lam_g.T) / data.size)
-    return total / data.size
 
 
 def reverse_weight_gradients(ev: StepEvaluator, Q: torch.Tensor, n_train: int, hessian: bool,
                              progress: bool | None = None) -> torch.Tensor:
     """``D[i, k] = d⟨q_k, θ_T⟩/dw_i`` for every training example, ``[n_train, K]``, from targets ``Q`` ``[K, p]``.
 
-    Memory: ``(2 + n_state)·K·p`` for the adjoints and their HVP, one gradient block, and ``n_train·K`` outputs.
-    Needs the run's stored ``θ_t``. Adam's linearisation needs the batch gradient, which the pass has anyway.
+    Per step: one batch gradient when needed (Adam, the first check) and one vmapped forward-over-reverse pass
+    over the ``K`` adjoints, which yields both ``H_t λ_g`` and every batch example's ``⟨g_i, λ_g⟩``.
+    Memory: about ``(3 + n_state)·K·p`` for the adjoints and their HVP, and ``n_train·K`` outputs.
     """
     lam = Q.to(device=ev.device, dtype=ev.dtype).clone()
     lam_state = [torch.zeros_like(lam) for _ in ev.rule.state_names]
@@ -54,12 +43,17 @@ def reverse_weight_gradients(ev: StepEvaluator, Q: torch.Tensor, n_train: int, h
     desc = f"HYDRA reverse ({'exact' if hessian else 'approximate'}, {lam.shape[0]} targets)"
     for step in track(traj.steps(reverse=True), desc, len(traj), progress):
         data = ev.load(step)
-        g = ev.batch_grad(data) if ev.rule.needs_grad else None  # Adam's linearisation needs g_t first
-        lam_theta, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
-        g_mean = _batch_pass(ev, data, lam_g, out)
+        g = ev.batch_grad(data) if (ev.rule.needs_grad or ev.needs_check(step.t)) else None
         if ev.needs_check(step.t):
-            ev.check(data, g_mean)
-        lam = lam_theta + ev.hvp(data, lam_g) if hessian else lam_theta
+            ev.check(data, g)
+        lam_theta, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
+        if hessian:
+            HV, dots = ev.hvp(data, lam_g, with_dots=True)  # one forward-over-reverse pass gives both
+            lam = lam_theta + HV
+        else:
+            dots = ev.example_dots(data, lam_g)
+            lam = lam_theta
+        out.index_add_(0, step.indices.to(ev.device), dots / data.size)
     return out
 
 
@@ -94,10 +88,9 @@ def forward_tangents(ev: StepEvaluator, tracked: torch.Tensor, n_train: int, hes
         rows = row_of[data.step.indices]
         positions = torch.nonzero(rows >= 0).flatten()
         if positions.numel():
-            for pos, G in ev.example_grad_blocks(data, positions):
-                r = rows[pos].to(ev.device)
-                dg.index_add_(0, r, G / data.size)
-                active[r] = True
+            r = rows[positions].to(ev.device)
+            dg.index_add_(0, r, ev.example_grads(data, positions) / data.size)
+            active[r] = True
         g = None
         if ev.rule.needs_grad or ev.needs_check(t):
             g = ev.batch_grad(data)
@@ -142,16 +135,13 @@ def lean_weight_gradients(ev: StepEvaluator, Q: torch.Tensor, n_train: int, repl
     for step in track(traj.steps(with_theta=not replay), desc, len(traj), progress):
         data = ev.load(step, theta if replay else None)
         idx = step.indices.to(ev.device)
+        dots = ev.example_dots(data, QG.reshape(G_groups * K, -1)) / data.size  # [B, G·K]
         direct = torch.zeros_like(zeta)
-        total = torch.zeros(ev.num_params, device=ev.device, dtype=ev.dtype)
-        for rows, Gb in ev.example_grad_blocks(data):
-            total += Gb.sum(0)
-            proj = torch.einsum("bp,gkp->gbk", Gb, QG) / data.size
-            direct.index_add_(1, idx[rows.to(ev.device)], proj)
-        g = total / data.size
+        direct.index_add_(1, idx, dots.reshape(-1, G_groups, K).transpose(0, 1))
+        g = ev.batch_grad(data) if replay or ev.needs_check(step.t) else None
         if replay:
             ev.check(data, g, tol=replay_tol)
-        elif ev.needs_check(step.t):
+        elif g is not None:
             ev.check(data, g)
         co = {k: v.to(device=ev.device, dtype=ev.dtype)[:, None, None]
               for k, v in SGDRule.group_coefficients(step.hyper).items()}
@@ -189,9 +179,7 @@ def approx_self_weight_gradients(ev: StepEvaluator, n_train: int, progress: bool
         if g is not None and ev.needs_check(step.t):
             ev.check(data, g)
         lam, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
-        G_T = ev.example_grads_at(theta_T, data)
-        idx = step.indices.to(ev.device)
-        for rows, G in ev.example_grad_blocks(data):
-            r = rows.to(ev.device)
-            out.index_add_(0, idx[r], ((G_T[r] * lam_g) * G).sum(1) / data.size)
+        G = ev.example_grads(data)
+        G_T = ev.example_grads(data, theta=theta_T)
+        out.index_add_(0, step.indices.to(ev.device), ((G_T * lam_g) * G).sum(1) / data.size)
     return out

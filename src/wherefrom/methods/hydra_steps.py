@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 from torch.utils.data import DataLoader
 
 from wherefrom.data.loaders import collate_indices
 from wherefrom.errors import WherefromError
-from wherefrom.gradients import per_example_grad_fn
 from wherefrom.task import Task
 from wherefrom.trajectory.optimizers import rule_for
 from wherefrom.trajectory.store import Trajectory, TrajectoryStep
@@ -85,8 +84,33 @@ def check_compatible(task: Task, trajectory: Trajectory, n_train: int) -> None:
                                       f"has {n_train} examples: pass the dataset the run was trained on.")
 
 
+def _unsqueeze(example: Any) -> Any:
+    if isinstance(example, torch.Tensor):
+        return example.unsqueeze(0)
+    if isinstance(example, (list, tuple)):
+        return type(example)(_unsqueeze(e) for e in example)
+    if isinstance(example, Mapping):
+        return {k: _unsqueeze(v) for k, v in example.items()}
+    return example
+
+
+def _rows(batch: Any, rows: torch.Tensor) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[rows]
+    if isinstance(batch, tuple):
+        return tuple(_rows(b, rows) for b in batch)
+    if isinstance(batch, list):
+        return [_rows(b, rows) for b in batch]
+    if isinstance(batch, Mapping):
+        return {k: _rows(v, rows) for k, v in batch.items()}
+    return batch
+
+
 class StepEvaluator:
     """Binds a task, a trajectory and the training data; evaluates what the engines need at each step.
+
+    Derivatives are taken with respect to the parameters as a dict of tensors (views of the flat ``θ``), which
+    avoids scattering every gradient into a flat ``[p]`` buffer; results are returned flat.
 
     Args:
         task, trajectory, loader: the attributed task, the recorded run and the (ordered) training data.
@@ -105,7 +129,8 @@ class StepEvaluator:
         self.sketch = trajectory.sketch_vectors(self.device, self.dtype)
         self.grad_block, self.hvp_chunk = max(1, grad_block), max(1, hvp_chunk)
         self.check_tol = default_check_tol(self.dtype) if check_tol is None else float(check_tol)
-        self._example_grad = per_example_grad_fn(task, task.loss_fn, self.state)
+        self._slices = task.param_slices()
+        self._shapes = dict(zip(task.param_names, task.param_shapes))
         self.checked_steps: set[int] = set()
 
     @property
@@ -121,51 +146,94 @@ class StepEvaluator:
         batch = self.task.prepare_batch(collate_indices(self.loader, step.indices.tolist()))
         return StepData(step, th.to(device=self.device, dtype=self.dtype), batch, int(step.indices.numel()))
 
+    # ------------------------------------------------------------------ functional model
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[..., p]`` → ``{name: [..., *shape]}`` views."""
+        lead = flat.shape[:-1]
+        return {n: flat[..., sl].reshape(*lead, *self._shapes[n]) for n, sl in self._slices.items()}
+
+    def join(self, parts: Mapping[str, torch.Tensor], lead: int = 0) -> torch.Tensor:
+        """``{name: [*lead, *shape]}`` → ``[*lead, p]``."""
+        first = next(iter(parts.values()))
+        shape = first.shape[:lead]
+        return torch.cat([parts[n].reshape(*shape, -1) for n in self._slices], dim=-1)
+
+    def losses(self, params: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Per-example training losses ``[B]`` with the attributed parameters set to ``params``."""
+        task = self.task
+        merged = dict(self.state)
+        merged.update(params)
+        inputs = task.input_fn(batch)
+        if isinstance(inputs, tuple):
+            out = functional_call(task.model, merged, inputs)
+        elif isinstance(inputs, dict):
+            out = functional_call(task.model, merged, (), inputs)
+        else:
+            out = functional_call(task.model, merged, (inputs,))
+        return task.loss_fn(out, batch)
+
     # ------------------------------------------------------------------ gradients
-    def _sub_batch(self, batch: Any, rows: torch.Tensor) -> Any:
-        if isinstance(batch, torch.Tensor):
-            return batch[rows]
-        if isinstance(batch, tuple):
-            return tuple(self._sub_batch(b, rows) for b in batch)
-        if isinstance(batch, list):
-            return [self._sub_batch(b, rows) for b in batch]
-        if isinstance(batch, Mapping):
-            return {k: self._sub_batch(v, rows) for k, v in batch.items()}
-        return batch
-
-    def example_grad_blocks(self, data: StepData, rows: torch.Tensor | None = None):
-        """Yield ``(rows_k, G_k)``: per-example loss gradients ``[b, p]`` at ``θ_t`` of batch positions ``rows``."""
+    def example_grads(self, data: StepData, rows: torch.Tensor | None = None,
+                      theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss gradients ``[b, p]`` of batch positions ``rows`` (default all) at ``θ_t`` (or ``theta``)."""
         rows = torch.arange(data.size) if rows is None else rows
-        for k in range(0, rows.numel(), self.grad_block):
-            r = rows[k:k + self.grad_block]
-            yield r, self._example_grad(data.theta, self._sub_batch(data.batch, r.to(self.device))).detach()
+        params = self.split(data.theta if theta is None else theta)
 
-    def example_grads_at(self, theta: torch.Tensor, data: StepData) -> torch.Tensor:
-        """Per-example loss gradients ``[B, p]`` of the step's batch at another point ``theta`` (e.g. ``θ_T``)."""
-        return torch.cat([self._example_grad(theta, self._sub_batch(data.batch, r.to(self.device))).detach()
-                          for r in torch.arange(data.size).split(self.grad_block)])
+        def single(pd, example):
+            return self.losses(pd, _unsqueeze(example)).reshape(-1)[0]
 
-    def _mean_loss(self, batch: Any):
-        task, state = self.task, self.state
-
-        def loss(flat: torch.Tensor) -> torch.Tensor:
-            return task.per_example(task.loss_fn, flat, state, batch).mean()
-
-        return loss
+        fn = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
+        blocks = [self.join(fn(params, _rows(data.batch, r.to(self.device))), 1).detach()
+                  for r in rows.split(self.grad_block)]
+        return torch.cat(blocks) if blocks else torch.zeros(0, self.num_params, device=self.device, dtype=self.dtype)
 
     def batch_grad(self, data: StepData) -> torch.Tensor:
         """``g_t = ∇L_t(θ_t)``, ``[p]``."""
-        return grad(self._mean_loss(data.batch))(data.theta).detach()
+        return self.join(grad(lambda pd: self.losses(pd, data.batch).mean())(self.split(data.theta))).detach()
 
-    def hvp(self, data: StepData, V: torch.Tensor) -> torch.Tensor:
-        """``H_t V`` for a block of vectors ``V`` ``[K, p]`` (forward-over-reverse, vmapped in chunks)."""
-        g = grad(self._mean_loss(data.batch))
+    def example_dots(self, data: StepData, V: torch.Tensor) -> torch.Tensor:
+        """``⟨g_i(θ_t), v_k⟩`` for every batch example and vector, ``[B, K]``.
 
-        def one(v: torch.Tensor) -> torch.Tensor:
-            return jvp(g, (data.theta,), (v,))[1]
+        Per-example gradients times ``Vᵀ`` when ``K ≥ B``; otherwise forward-mode derivatives of the per-example
+        losses along each ``v_k`` (no ``[B, p]`` matrix)."""
+        if V.shape[0] >= data.size:
+            return self.example_grads(data) @ V.T
+        params = self.split(data.theta)
+
+        def one(vd):
+            return jvp(lambda pd: self.losses(pd, data.batch), (params,), (vd,))[1]
 
         many = vmap(one, randomness=self.task.vmap_randomness)
-        return torch.cat([many(chunk).detach() for chunk in V.split(self.hvp_chunk)]) if V.shape[0] else V.clone()
+        return torch.cat([many(self.split(c)).detach() for c in V.split(self.hvp_chunk)]).T
+
+    def hvp(self, data: StepData, V: torch.Tensor, with_dots: bool = False):
+        """``H_t V`` for vectors ``V`` ``[K, p]`` (forward-over-reverse, vmapped in chunks).
+
+        With ``with_dots`` also ``⟨g_i(θ_t), v_k⟩`` ``[B, K]``: the same forward-mode pass carries the tangents of
+        the per-example losses, so all batch examples' dot products come at no extra pass."""
+        params = self.split(data.theta)
+
+        def grad_and_losses(pd):
+            def f(q):
+                values = self.losses(q, data.batch)
+                return values.mean(), values
+
+            return grad(f, has_aux=True)(pd)
+
+        def one(vd):
+            return jvp(grad_and_losses, (params,), (vd,))[1]
+
+        many = vmap(one, randomness=self.task.vmap_randomness)
+        hv, dots = [], []
+        for chunk in V.split(self.hvp_chunk):
+            h, d = many(self.split(chunk))
+            hv.append(self.join(h, 1).detach())
+            dots.append(d.detach())
+        if not hv:
+            empty = V.new_zeros(0, self.num_params)
+            return (empty, V.new_zeros(data.size, 0)) if with_dots else empty
+        HV = torch.cat(hv)
+        return (HV, torch.cat(dots).T) if with_dots else HV
 
     # ------------------------------------------------------------------ checks and linearisation
     def check(self, data: StepData, g: torch.Tensor, tol: float | None = None) -> None:
