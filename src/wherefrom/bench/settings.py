@@ -13,7 +13,7 @@ A :class:`Setting` is pure configuration (hashable to a content key); training a
 - ``mnist-mlp-sgd``: MNIST 5000 / 500; ``784→128→ReLU→10``; SGD (lr 0.05, momentum 0.9, wd 5e-4), batch 64, 3 epochs;
   float64; the run is recorded step by step (trajectory attribution) and the ground truth retrains *the same run*
   with removed examples' loss weights set to 0 (LOO of 100 examples, LDS at 1 % and 50 % drop).
-- ``mnist-mlp-sgd-tanh``: the smooth recipe: ``784→128→tanh→10``, batch 256, lr 0.1, 6 epochs; otherwise as above.
+- ``mnist-mlp-sgd-tanh``: the smooth recipe: ``784→128→tanh→10``, batch 256, lr 0.1, 4 epochs; otherwise as above.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ _EXACT_IF = {"if-explicit": {"damping": 0.0}, "if-cg": {"damping": 0.0}, "if-lis
 # Trajectory settings: float64 (the effects of 1 % drops are tiny), every step recorded.
 _TRAJ_RELU = Recipe(kind="trajectory", weight_decay=5e-4, epochs=3, lr=0.05, batch_size=64, momentum=0.9,
                     dtype="float64")
-_TRAJ_TANH = Recipe(kind="trajectory", weight_decay=5e-4, epochs=6, lr=0.1, batch_size=256, momentum=0.9,
+_TRAJ_TANH = Recipe(kind="trajectory", weight_decay=5e-4, epochs=4, lr=0.1, batch_size=256, momentum=0.9,
                     dtype="float64")
 
 # The MLP Hessian is indefinite: HVP solvers use the (positive semi-definite) Gauss-Newton matrix by default.
@@ -256,7 +256,7 @@ SETTINGS: dict[str, Setting] = {
                             "ground truth: the same run with examples' weights zeroed",
                 method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
         Setting("mnist-mlp-sgd-tanh", "mnist", "mlp-tanh", 5000, 500, _TRAJ_TANH,
-                description="MNIST 5000/500, MLP 784→128→tanh→10, recorded SGD run (batch 256, 6 epochs); "
+                description="MNIST 5000/500, MLP 784→128→tanh→10, recorded SGD run (batch 256, 4 epochs); "
                             "ground truth: the same run with examples' weights zeroed",
                 method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
     ]
