@@ -34,25 +34,29 @@ def reverse_weight_gradients(ev: StepEvaluator, Q: torch.Tensor, n_train: int, h
 
     Per step: one batch gradient when needed (Adam, the first check) and one vmapped forward-over-reverse pass
     over the ``K`` adjoints, which yields both ``H_t λ_g`` and every batch example's ``⟨g_i, λ_g⟩``.
-    Memory: about ``(3 + n_state)·K·p`` for the adjoints and their HVP, and ``n_train·K`` outputs.
+    Memory: about ``(3 + n_state)·K·p`` for the adjoints and their HVP, and ``n_train·K`` outputs. Without the
+    Hessian: one adjoint vector, the batch's per-example gradients and ``Q`` (``K·p``).
     """
-    lam = Q.to(device=ev.device, dtype=ev.dtype).clone()
+    Q = Q.to(device=ev.device, dtype=ev.dtype)
+    K = Q.shape[0]
+    # Without the Hessian every adjoint map is diagonal, so the adjoint of target q is c_t ⊙ q with c_t the
+    # adjoint of the all-ones target: carry one vector instead of K and weight the per-example gradients by c_t.
+    lam = Q.clone() if hessian else torch.ones(1, Q.shape[1], device=ev.device, dtype=ev.dtype)
     lam_state = [torch.zeros_like(lam) for _ in ev.rule.state_names]
-    out = torch.zeros(n_train, lam.shape[0], device=ev.device, dtype=ev.dtype)
+    out = torch.zeros(n_train, K, device=ev.device, dtype=ev.dtype)
     traj = ev.trajectory
-    desc = f"HYDRA reverse ({'exact' if hessian else 'approximate'}, {lam.shape[0]} targets)"
+    desc = f"HYDRA reverse ({'exact' if hessian else 'approximate'}, {K} targets)"
     for step in track(traj.steps(reverse=True), desc, len(traj), progress):
         data = ev.load(step)
         g = ev.batch_grad(data) if (ev.rule.needs_grad or ev.needs_check(step.t)) else None
         if ev.needs_check(step.t):
             ev.check(data, g)
-        lam_theta, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
+        lam, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
         if hessian:
             HV, dots = ev.hvp(data, lam_g, with_dots=True)  # one forward-over-reverse pass gives both
-            lam = lam_theta + HV
+            lam = lam.add_(HV)
         else:
-            dots = ev.example_dots(data, lam_g)
-            lam = lam_theta
+            dots = ev.example_dots(data, Q, scale=lam_g[0])
         out.index_add_(0, step.indices.to(ev.device), dots / data.size)
     return out
 
@@ -99,7 +103,8 @@ def forward_tangents(ev: StepEvaluator, tracked: torch.Tensor, n_train: int, hes
         z, state = ev.linearise(data, g).tangent(z, state, dg)
         state = list(state)
         if checkpoint is not None and checkpoint_every and (t + 1) % checkpoint_every == 0 and t + 1 < len(traj):
-            checkpoint({"t": t, "z": z.cpu(), "state": [s.cpu() for s in state], "active": active.cpu()})
+            checkpoint({"t": t, "z": z.detach().cpu().clone(), "state": [s.detach().cpu().clone() for s in state],
+                        "active": active.cpu().clone()})
     return z
 
 
@@ -181,5 +186,5 @@ def approx_self_weight_gradients(ev: StepEvaluator, n_train: int, progress: bool
         lam, lam_state, lam_g = ev.linearise(data, g).adjoint(lam, lam_state)
         G = ev.example_grads(data)
         G_T = ev.example_grads(data, theta=theta_T)
-        out.index_add_(0, step.indices.to(ev.device), ((G_T * lam_g) * G).sum(1) / data.size)
+        out.index_add_(0, step.indices.to(ev.device), (G_T * lam_g * G).sum(1) / data.size)
     return out

@@ -158,8 +158,8 @@ class StepEvaluator:
         shape = first.shape[:lead]
         return torch.cat([parts[n].reshape(*shape, -1) for n in self._slices], dim=-1)
 
-    def losses(self, params: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        """Per-example training losses ``[B]`` with the attributed parameters set to ``params``."""
+    def losses(self, params: Mapping[str, torch.Tensor], batch: Any, fn=None) -> torch.Tensor:
+        """Per-example training losses ``[B]`` (or ``fn``, e.g. the target) at the parameters ``params``."""
         task = self.task
         merged = dict(self.state)
         merged.update(params)
@@ -170,20 +170,21 @@ class StepEvaluator:
             out = functional_call(task.model, merged, (), inputs)
         else:
             out = functional_call(task.model, merged, (inputs,))
-        return task.loss_fn(out, batch)
+        return (task.loss_fn if fn is None else fn)(out, batch)
 
     # ------------------------------------------------------------------ gradients
     def example_grads(self, data: StepData, rows: torch.Tensor | None = None,
-                      theta: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example loss gradients ``[b, p]`` of batch positions ``rows`` (default all) at ``θ_t`` (or ``theta``)."""
+                      theta: torch.Tensor | None = None, fn=None) -> torch.Tensor:
+        """Per-example loss (or ``fn``) gradients ``[b, p]`` of batch positions ``rows`` (default all) at ``θ_t``
+        (or ``theta``)."""
         rows = torch.arange(data.size) if rows is None else rows
         params = self.split(data.theta if theta is None else theta)
 
         def single(pd, example):
-            return self.losses(pd, _unsqueeze(example)).reshape(-1)[0]
+            return self.losses(pd, _unsqueeze(example), fn).reshape(-1)[0]
 
-        fn = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
-        blocks = [self.join(fn(params, _rows(data.batch, r.to(self.device))), 1).detach()
+        per_example = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
+        blocks = [self.join(per_example(params, _rows(data.batch, r.to(self.device))), 1).detach()
                   for r in rows.split(self.grad_block)]
         return torch.cat(blocks) if blocks else torch.zeros(0, self.num_params, device=self.device, dtype=self.dtype)
 
@@ -191,14 +192,31 @@ class StepEvaluator:
         """``g_t = ∇L_t(θ_t)``, ``[p]``."""
         return self.join(grad(lambda pd: self.losses(pd, data.batch).mean())(self.split(data.theta))).detach()
 
-    def example_dots(self, data: StepData, V: torch.Tensor) -> torch.Tensor:
-        """``⟨g_i(θ_t), v_k⟩`` for every batch example and vector, ``[B, K]``.
+    def example_dots(self, data: StepData, V: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``⟨g_i(θ_t), s ⊙ v_k⟩`` for every batch example and vector, ``[B, K]`` (``s = scale`` ``[p]`` or 1).
 
-        Per-example gradients times ``Vᵀ`` when ``K ≥ B``; otherwise forward-mode derivatives of the per-example
-        losses along each ``v_k`` (no ``[B, p]`` matrix)."""
-        if V.shape[0] >= data.size:
-            return self.example_grads(data) @ V.T
+        Per-example gradients (per parameter, never concatenated) times ``Vᵀ`` when ``K ≥ B``; otherwise
+        forward-mode derivatives of the per-example losses along each ``s ⊙ v_k`` (no ``[B, p]`` matrix)."""
         params = self.split(data.theta)
+        if V.shape[0] >= data.size:
+            def single(pd, example):
+                return self.losses(pd, _unsqueeze(example)).reshape(-1)[0]
+
+            per_example = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
+            out = []
+            for r in torch.arange(data.size).split(self.grad_block):
+                G = per_example(params, _rows(data.batch, r.to(self.device)))
+                acc = None
+                for name, sl in self._slices.items():
+                    Gn = G[name].reshape(len(r), -1)
+                    if scale is not None:
+                        Gn = Gn * scale[sl]
+                    term = Gn @ V[:, sl].T
+                    acc = term if acc is None else acc.add_(term)
+                out.append(acc.detach())
+            return torch.cat(out)
+        if scale is not None:
+            V = V * scale
 
         def one(vd):
             return jvp(lambda pd: self.losses(pd, data.batch), (params,), (vd,))[1]

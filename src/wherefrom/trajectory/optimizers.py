@@ -50,56 +50,71 @@ class UnsupportedOptimizerError(WherefromError):
 
 
 def expand(values: Tensor, group_index: Tensor) -> Tensor:
-    """Per-group values ``[G]`` → per-coordinate vector ``[p]`` (``group_index[k]`` = group of coordinate ``k``)."""
-    return values.to(group_index.device)[group_index]
+    """Per-group values ``[G]`` → per-coordinate vector ``[p]`` (``group_index[k]`` = group of coordinate ``k``);
+    a 0-dim tensor (broadcast) when every group has the same value."""
+    values = values.to(group_index.device)
+    if bool((values == values[0]).all()):
+        return values[0]
+    return values[group_index]
 
 
 class SGDLinearisation:
-    """The (θ, momentum-buffer, g) → (θ', buffer') step of SGD as a linear map with per-coordinate coefficients."""
+    """The (θ, momentum-buffer, g) → (θ', buffer') step of SGD as a linear map with per-coordinate coefficients.
+
+    ``tangent`` and ``adjoint`` work in place on their arguments (5 fused passes over ``[K, p]``) and return them.
+    """
 
     def __init__(self, lr: Tensor, wd: Tensor, a: Tensor, c: Tensor, e: Tensor, f: Tensor) -> None:
         self.lr, self.wd, self.a, self.c, self.e, self.f = lr, wd, a, c, e, f
+        self._neg_lr_e, self._neg_lr_f = -lr * e, -lr * f
+        self._has_wd = bool((wd != 0).any())
 
     def tangent(self, dtheta: Tensor, dstate: Sequence[Tensor], dgrad: Tensor) -> tuple[Tensor, tuple[Tensor]]:
         """Push tangents ``(dθ, (db,), dg)`` through the step: ``(dθ', (db',))``."""
         (dbuf,) = dstate
-        dg = dgrad + self.wd * dtheta
-        dbuf_new = self.a * dbuf + self.c * dg
-        dd = self.e * dg + self.f * dbuf_new
-        return dtheta - self.lr * dd, (dbuf_new,)
+        dg = dgrad.addcmul_(self.wd, dtheta) if self._has_wd else dgrad  # g' tangent
+        dbuf = dbuf.mul_(self.a).addcmul_(self.c, dg)  # b' = a b + c g'
+        dtheta = dtheta.addcmul_(self._neg_lr_e, dg).addcmul_(self._neg_lr_f, dbuf)  # θ' = θ − η (e g' + f b')
+        return dtheta, (dbuf,)
 
     def adjoint(self, btheta: Tensor, bstate: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor], Tensor]:
         """Pull adjoints ``(θ̄', (b̄',))`` back: ``(θ̄, (b̄,), ḡ)`` (θ̄ without the Hessian term ``H ḡ``)."""
         (bbuf,) = bstate
-        bd = -self.lr * btheta
-        bbuf_total = bbuf + self.f * bd
-        bg = self.e * bd + self.c * bbuf_total
-        return btheta + self.wd * bg, (self.a * bbuf_total,), bg
+        bbuf = bbuf.addcmul_(self._neg_lr_f, btheta)  # b̄' + f d̄ with d̄ = −η θ̄'
+        bg = (bbuf * self.c).addcmul_(self._neg_lr_e, btheta)  # ḡ = e d̄ + c (b̄' + f d̄)
+        if self._has_wd:
+            btheta = btheta.addcmul_(self.wd, bg)
+        return btheta, (bbuf.mul_(self.a),), bg
 
 
 class AdamLinearisation:
-    """The (θ, m, v, g) → (θ', m', v') step of Adam/AdamW linearised at the recorded primal values."""
+    """The (θ, m, v, g) → (θ', m', v') step of Adam/AdamW linearised at the recorded primal values.
+
+    ``tangent`` and ``adjoint`` work in place on their arguments and return them.
+    """
 
     def __init__(self, lr: Tensor, wd_coupled: Tensor, wd_decoupled: Tensor, beta1: Tensor, beta2: Tensor,
                  grad_eff: Tensor, A: Tensor, C: Tensor) -> None:
         self.lr, self.wdc, self.keep = lr, wd_coupled, 1.0 - lr * wd_decoupled
         self.b1, self.b2, self.gp, self.A, self.C = beta1, beta2, grad_eff, A, C
+        self._one_b1, self._two_b2_g = 1.0 - beta1, 2.0 * (1.0 - beta2) * grad_eff
+        self._neg_lr_A, self._neg_lr_C = -lr * A, -lr * C
 
     def tangent(self, dtheta: Tensor, dstate: Sequence[Tensor], dgrad: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         dm, dv = dstate
-        dg = dgrad + self.wdc * dtheta
-        dm_new = self.b1 * dm + (1.0 - self.b1) * dg
-        dv_new = self.b2 * dv + 2.0 * (1.0 - self.b2) * self.gp * dg
-        du = self.A * dm_new + self.C * dv_new
-        return self.keep * dtheta - self.lr * du, (dm_new, dv_new)
+        dg = dgrad.addcmul_(self.wdc, dtheta)
+        dm = dm.mul_(self.b1).addcmul_(self._one_b1, dg)
+        dv = dv.mul_(self.b2).addcmul_(self._two_b2_g, dg)
+        dtheta = dtheta.mul_(self.keep).addcmul_(self._neg_lr_A, dm).addcmul_(self._neg_lr_C, dv)
+        return dtheta, (dm, dv)
 
     def adjoint(self, btheta: Tensor, bstate: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         bm, bv = bstate
-        bu = -self.lr * btheta
-        bm_total = bm + self.A * bu
-        bv_total = bv + self.C * bu
-        bg = (1.0 - self.b1) * bm_total + 2.0 * (1.0 - self.b2) * self.gp * bv_total
-        return self.keep * btheta + self.wdc * bg, (self.b1 * bm_total, self.b2 * bv_total), bg
+        bm = bm.addcmul_(self._neg_lr_A, btheta)  # m̄' + A ū with ū = −η θ̄'
+        bv = bv.addcmul_(self._neg_lr_C, btheta)  # v̄' + C ū
+        bg = (bm * self._one_b1).addcmul_(self._two_b2_g, bv)
+        btheta = btheta.mul_(self.keep).addcmul_(self.wdc, bg)
+        return btheta, (bm.mul_(self.b1), bv.mul_(self.b2)), bg
 
 
 class StepRule:
