@@ -43,7 +43,7 @@ from wherefrom.methods.hydra_steps import StepEvaluator, TrajectoryMismatchError
 from wherefrom.progress import track as progress_track
 from wherefrom.store import TopK
 from wherefrom.task import Task
-from wherefrom.trajectory.store import Trajectory
+from wherefrom.trajectory.store import Trajectory, import_zarr
 
 ENGINES = ("auto", "forward", "reverse", "lean")
 
@@ -189,8 +189,7 @@ class HYDRA(Attributor):
             self._z = torch.cat([forward_tangents(ev, c, n, self.hessian, progress=self.progress).cpu()
                                  for c in chunks]) if K else torch.zeros(0, p, dtype=ev.dtype)
             return
-        import zarr
-
+        zarr = import_zarr()
         folder = os.path.join(self.cache_dir, f"hydra-forward-{self._cache_key()}")
         os.makedirs(self.cache_dir, exist_ok=True)
         mode = "r+" if os.path.exists(os.path.join(folder, "zarr.json")) else "w"

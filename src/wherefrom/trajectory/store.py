@@ -50,6 +50,16 @@ class TrajectoryStep:
     grad_check: torch.Tensor
 
 
+def import_zarr():
+    """The ``zarr`` module (v3), or a clear error saying how to get it."""
+    try:
+        import zarr
+    except ImportError as exc:  # pragma: no cover - zarr is a dependency on Python >= 3.11
+        raise WherefromError("On-disk trajectories need zarr>=3 (Python >= 3.11): pip install 'zarr>=3', or "
+                             "record in memory (path=None).") from exc
+    return zarr
+
+
 class MemoryBackend:
     """Steps kept in Python lists of tensors."""
 
@@ -81,8 +91,7 @@ class ZarrBackend:
     """
 
     def __init__(self, path: str, meta: dict | None = None, mode: str = "r", flush_every: int = 32) -> None:
-        import zarr
-
+        zarr = import_zarr()
         self.path = os.fspath(path)
         self.flush_every = flush_every
         self._pending: list[dict] = []
