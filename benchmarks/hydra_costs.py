@@ -144,13 +144,15 @@ def _memory_case(kind: str, n_train: int, hidden: int, count: int, queue) -> Non
                 h.fit(train)
         else:
             h = wf.HYDRA(task, traj, hessian=kind == "reverse", engine="lean" if kind == "lean" else "reverse",
-                         targets_per_pass=count, verify=False).fit(train)
+                         targets_per_pass=count, verify=False).fit(train)  # kind "approx": reverse, no Hessian
             with PeakMemory() as mem:
                 h.score(test_k)
         p = traj.num_params
         n_state = 1
+        B = setting.recipe.batch_size
         dominant = {"forward": (2 + n_state) * count * p, "reverse": (3 + n_state) * count * p + n_train * count,
-                    "lean": 2 * n_train * count + count * p + 64 * p}[kind] * 8 / 2**20
+                    "approx": (2 + n_state) * p + B * p + count * p + n_train * count,
+                    "lean": 2 * n_train * count + count * p + B * p}[kind] * 8 / 2**20
         queue.put({"engine": kind, "n_train": n_train, "p": p, "count": count, "peak_mb": round(mem.peak_mb, 1),
                    "dominant_mb": round(dominant, 1)})
 
@@ -159,7 +161,8 @@ def memory() -> list[dict]:
     cases = [("reverse", 1000, 128, 32), ("reverse", 5000, 128, 32), ("reverse", 1000, 64, 32),
              ("reverse", 1000, 256, 32), ("reverse", 1000, 128, 128),
              ("forward", 1000, 128, 16), ("forward", 1000, 128, 64), ("forward", 1000, 256, 16),
-             ("lean", 1000, 128, 32), ("lean", 5000, 128, 32)]
+             ("approx", 1000, 128, 32), ("approx", 5000, 128, 500), ("lean", 1000, 128, 32),
+             ("lean", 5000, 128, 500)]
     ctx = mp.get_context("spawn")
     rows = []
     for case in cases:

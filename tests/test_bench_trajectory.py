@@ -85,3 +85,10 @@ def test_bench_reports_hydra_rows_and_lds_per_fraction(tmp_path):
                                    "--metrics", "loo", "--loo-first", "3", "--workers", "1", "--cache-dir",
                                    str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0 and "not the end of a recorded minibatch run" in res.output
+
+
+def test_reporting_defaults_do_not_enter_the_cache_key():
+    s = get_setting("mnist-mlp-sgd")
+    assert "loo_default" not in s.spec() and "lds_fractions" not in s.spec()
+    assert s.replace(loo_default=5, lds_fractions=(0.5,)).key() == s.key()
+    assert get_setting("mnist-mlp-sgd-tanh").key() != s.key()

@@ -105,7 +105,8 @@ class HYDRA(Attributor):
     def _resolve_engine(self) -> str:
         traj, engine = self.trajectory, self.engine
         if engine == "auto":
-            engine = "forward" if self.track is not None else ("reverse" if traj.stores_params else "lean")
+            lean = not traj.stores_params and not self.hessian
+            engine = "forward" if self.track is not None else ("lean" if lean else "reverse")
         if engine == "lean" and self.hessian:
             raise WherefromError("engine='lean' is the Hessian-free accumulator: use it with hessian=False, or use "
                                  "engine='reverse' for exact HYDRA of every example.")
