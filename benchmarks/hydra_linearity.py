@@ -2,6 +2,7 @@
 """How linear is a recorded run in its example weights? HYDRA (the exact derivative) against finite differences.
 
     python benchmarks/hydra_linearity.py mnist-mlp-sgd --examples 4 --tests 10
+    python benchmarks/hydra_linearity.py mnist-mlp-sgd --set lr=0.05 --set weight_decay=5e-4
 
 Retrains the setting's run (same initialisation, batch order, schedule) with the weight of each of the first
 ``--examples`` training examples set to ``1 − δ``, for several ``δ``, and compares the change of the first ``--tests``
@@ -27,10 +28,12 @@ def main(argv=None) -> None:
     ap.add_argument("--tests", type=int, default=10)
     ap.add_argument("--deltas", default="1e-6,1e-4,1e-2,1")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--set", action="append", default=[], help="recipe override key=value (e.g. lr=0.05)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     wf.set_progress(False)
-    s = get_setting(args.setting)
+    over = {k: float(v) for k, v in (item.split("=", 1) for item in args.set)}
+    s = get_setting(args.setting, **over)
     ws = Workspace(s, cache_dir=args.cache_dir, workers=1, progress=False)
     ref, traj = ws.reference(), ws.recorded_trajectory()
     train, test = ws.datasets()
