@@ -20,7 +20,10 @@ def _optimizer(kind, two_groups, **kw):
 
     def make(model):
         ps = list(model.parameters())
-        params = ([{"params": ps[:2]}, {"params": ps[2:], "lr": lr2, "weight_decay": 0.1}] if two_groups else ps)
+        # the second group differs in lr, weight decay and momentum (SGD: none) or betas (Adam)
+        other = {"momentum": 0.0} if kind == "sgd" else {"betas": (0.8, 0.99)}
+        params = ([{"params": ps[:2]}, {"params": ps[2:], "lr": lr2, "weight_decay": 0.1, **other}] if two_groups
+                  else ps)
         return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind](params, **kw)
 
     return make
