@@ -255,12 +255,12 @@ SETTINGS: dict[str, Setting] = {
                 description="sklearn digits 1200/597, logistic regression 64→10 at its exact L2 optimum (fast)",
                 method_options=_EXACT_IF),
         Setting("mnist-mlp-sgd", "mnist", "mlp", 5000, 500, _TRAJ_RELU,
-                description="MNIST 5000/500, MLP 784→128→ReLU→10, recorded SGD run (batch 64, 3 epochs); "
-                            "ground truth: the same run with examples' weights zeroed",
+                description="MNIST 5000/500, MLP 784→128→ReLU→10, recorded SGD (batch 64, 3 epochs); "
+                            "truth: the same run, examples zeroed",
                 method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
         Setting("mnist-mlp-sgd-tanh", "mnist", "mlp-tanh", 5000, 500, _TRAJ_TANH,
-                description="MNIST 5000/500, MLP 784→128→tanh→10, recorded SGD run (batch 256, 4 epochs); "
-                            "ground truth: the same run with examples' weights zeroed",
+                description="MNIST 5000/500, MLP 784→128→tanh→10, recorded SGD (batch 256, 4 epochs); "
+                            "truth: the same run, examples zeroed",
                 method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
     ]
 }
