@@ -25,8 +25,8 @@ from torch import nn
 
 import wherefrom as wf
 from wherefrom.gradients import iter_gradient_blocks
-from wherefrom.methods.trak import layer_gradient_blocks
 from wherefrom.projection import RandomProjection
+from wherefrom.sources import FullGradients, feature_blocks
 
 
 def mnist_mlp() -> nn.Module:
@@ -85,7 +85,8 @@ def main() -> None:
 
     def layer_grads(proj=None):
         def run():
-            for _, block in layer_gradient_blocks(task, loader, state, task.loss_fn, "train", progress=False):
+            source = FullGradients("layers").setup(task)
+            for _, block in feature_blocks(source, loader, state, progress=False):
                 if proj is not None:
                     proj.project(block, 0)
         return run

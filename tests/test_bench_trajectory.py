@@ -84,7 +84,7 @@ def test_bench_reports_hydra_rows_and_lds_per_fraction(tmp_path):
     res = CliRunner().invoke(app, ["bench", "digits-lr", "--n-train", "30", "--n-test", "4", "--methods", "hydra",
                                    "--metrics", "loo", "--loo-first", "3", "--workers", "1", "--cache-dir",
                                    str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
-    assert res.exit_code == 0 and "not the end of a recorded minibatch run" in res.output
+    assert res.exit_code == 2 and "not the end of a recorded minibatch run" in res.output  # refused before work
 
 
 def test_reporting_defaults_do_not_enter_the_cache_key():

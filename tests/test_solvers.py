@@ -115,3 +115,16 @@ def test_cg_on_indefinite_curvature_raises_clear_error(problem):
     obj.A = obj.A - 2.0 * float(torch.linalg.eigvalsh(obj.A)[0] + 1.0) * torch.eye(obj.p, dtype=torch.float64)
     with pytest.raises(wf.NonPositiveDefiniteError, match="curvature='ggn'"):
         CGSolver(damping=0.0).fit(obj).solve(V)
+
+
+def test_lissa_scale_option_reaches_the_solver_not_the_score_scale():
+    """``scale=`` of InfluenceFunction is LiSSA's recursion scale; the score scale stays ``1/n``."""
+    torch.manual_seed(0)
+    X, y = torch.randn(24, 3, dtype=torch.float64), torch.randint(0, 2, (24,))
+    task = wf.Task(torch.nn.Linear(3, 2).double(), weight_decay=0.1)
+    lissa = wf.InfluenceFunction(task, solver="lissa", damping=0.1, scale=10.0, depth=400, hvp_batch_size=24,
+                                 progress=False)
+    assert lissa.solver.scale == 10.0
+    exact = wf.InfluenceFunction(task, solver="explicit", damping=0.1, progress=False).fit((X, y))
+    torch.testing.assert_close(lissa.fit((X, y)).score((X[:4], y[:4])), exact.score((X[:4], y[:4])),
+                               rtol=1e-5, atol=1e-8)  # 400 LiSSA steps: converged to ~1e-6

@@ -109,6 +109,18 @@ def test_trak_layer_captures_equal_vmap_gradients():
     assert not a.use_layers and b.use_layers
     torch.testing.assert_close(a.fit(train).score(test), b.fit(train).score(test), rtol=1e-8, atol=1e-10)
     normed = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
-    assert not wf.TRAK(wf.Task(normed)).use_layers  # auto falls back to vmap for non-Linear parameters
+    assert wf.TRAK(wf.Task(normed)).use_layers  # LayerNorm has a layer type: captures cover it
+
+    class Scaled(nn.Module):  # a free parameter belongs to no layer type
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return self.scale * self.body(x)
+
+    scaled = Scaled().double()
+    assert not wf.TRAK(wf.Task(scaled)).use_layers  # auto falls back to vmap
     with pytest.raises(WherefromError, match="gradients='layers'"):
-        wf.TRAK(wf.Task(normed), gradients="layers")
+        wf.TRAK(wf.Task(scaled), gradients="layers")

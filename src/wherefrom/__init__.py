@@ -3,12 +3,16 @@
     import wherefrom as wf
     task = wf.Task(model)
     scores = wf.InfluenceFunction(task, solver="cg", damping=1e-3).fit(train).score(test)  # [n_train, n_test]
+    wf.InfluenceFunction(task, solver="ekfac").fit(train).save("fits/ekfac")  # later: wf.load("fits/ekfac", task)
 
 Scores follow one convention: ``scores[i, j] > 0`` means training example ``i`` helped test example ``j``
 (removing it would make test target ``j`` worse); influence scores are scaled to the leave-one-out effect.
+
+Feature attribution (which input features drove a prediction) lives in ``wf.features`` (imported on first use):
+``wf.features.cd(model, x, mask)``, ``wf.features.acd(model, x, target)``.
 """
 
-from wherefrom import curvature, targets
+from wherefrom import curvature, layers, similarity, sources, targets
 from wherefrom.errors import (
     CheckpointMismatchError,
     DataOrderError,
@@ -18,9 +22,12 @@ from wherefrom.errors import (
     UnknownNameError,
     WherefromError,
 )
+from wherefrom.execution import Execution
+from wherefrom.layers import register_layer_type
 from wherefrom.methods import (
     TRAK,
     Attributor,
+    ComposedAttributor,
     GradCos,
     GradDot,
     GradientAttributor,
@@ -33,6 +40,7 @@ from wherefrom.methods import (
     TracInCP,
 )
 from wherefrom.methods.hydra import HYDRA
+from wherefrom.persist import load
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
 from wherefrom.store import TopK
@@ -41,12 +49,26 @@ from wherefrom.trajectory import Trajectory, TrajectoryRecorder
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Import ``wherefrom.features`` on first use (``wf.features.cd(...)``) to keep ``import wherefrom`` cheap."""
+    if name == "features":
+        import importlib
+
+        module = importlib.import_module("wherefrom.features")
+        globals()["features"] = module
+        return module
+    raise AttributeError(f"module 'wherefrom' has no attribute {name!r}")
+
+
 __all__ = [
     "HYDRA",
     "TRAK",
     "Attributor",
     "CheckpointMismatchError",
+    "ComposedAttributor",
     "DataOrderError",
+    "Execution",
     "GradCos",
     "GradDot",
     "GradientAttributor",
@@ -68,6 +90,12 @@ __all__ = [
     "UnknownNameError",
     "WherefromError",
     "curvature",
+    "features",
+    "layers",
+    "load",
+    "register_layer_type",
     "set_progress",
+    "similarity",
+    "sources",
     "targets",
 ]

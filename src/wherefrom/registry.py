@@ -1,21 +1,30 @@
-"""One registry of attribution methods by name, used by the command line and the benchmarks.
+"""Registries of attribution methods: classes by name (for saved state) and benchmark presets by bench name.
 
-A method is registered with a factory ``factory(context) -> Attributor``. The :class:`MethodContext` carries
-everything a benchmark setting can offer a method; a factory takes what it needs and raises
-:class:`~wherefrom.errors.WherefromError` when something it needs is missing.
+- Every :class:`~wherefrom.methods.Attributor` subclass registers itself in :data:`ATTRIBUTORS` when it is defined
+  (``wf.load`` rebuilds a saved attributor from its class).
+- A *method preset* is a factory ``factory(context) -> Attributor`` registered under a bench name
+  (``"if-cg"``, ``"trak-10"``) with :func:`register_method`; the :class:`MethodContext` carries everything a benchmark
+  setting can offer, a factory takes what it needs and raises :class:`~wherefrom.errors.WherefromError` when something
+  it needs is missing. The built-in presets live in :mod:`wherefrom.bench.presets`, loaded on the first lookup.
 
     @register_method("grad-dot", "Gradient dot product at the final checkpoint")
     def _(ctx): return GradDot(ctx.task, **ctx.options)
+
+This module imports nothing from :mod:`wherefrom.methods` (methods import it), so there is no import cycle.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from wherefrom.errors import unknown_name
 from wherefrom.task import Checkpoint, Task
+
+#: modules whose import registers the built-in method presets.
+PRESET_MODULES = ("wherefrom.bench.presets", "wherefrom.bench.presets_trajectory")
 
 
 @dataclass
@@ -54,10 +63,17 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {}
+ATTRIBUTORS: dict[str, type] = {}
+
+
+def register_attributor(cls: type) -> type:
+    """Record an attributor class under its name (called by ``Attributor.__init_subclass__``)."""
+    ATTRIBUTORS[cls.__name__] = cls
+    return cls
 
 
 def register_method(name: str, description: str):
-    """Decorator: register ``factory(context) -> Attributor`` under ``name``."""
+    """Decorator: register ``factory(context) -> Attributor`` under the bench name ``name``."""
 
     def deco(factory: Callable[[MethodContext], Any]):
         METHODS[name] = MethodSpec(name, description, factory)
@@ -81,7 +97,5 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    import wherefrom.methods.registrations
-    import wherefrom.methods.registrations_curvature
-    import wherefrom.methods.registrations_hydra
-    import wherefrom.methods.registrations_projection  # noqa: F401  (TRAK, LoGra, RPS, KNN-Shapley, ...)
+    for module in PRESET_MODULES:
+        importlib.import_module(module)

@@ -1,6 +1,8 @@
 """Stores of per-example feature blocks (gradients or their projections) and streaming top-k search.
 
-A store yields ``(start, block)`` pairs, ``block`` of shape ``[B, d]`` for rows ``start .. start+B``. Three kinds:
+A store has ``n`` rows of dimension ``dim``, yields ``(start, block)`` pairs from :meth:`FeatureStore.blocks`
+(``block`` of shape ``[B, d]`` for rows ``start .. start+B``) and writes itself to a file with
+:meth:`FeatureStore.write` (:func:`read_store` opens it again). Three kinds:
 
 - :class:`MemoryStore` keeps the whole ``[n, d]`` matrix (when it fits the memory budget);
 - :class:`DiskStore` keeps it in a ``.npy`` file read by memory map, so it is computed once and reused, also by a
@@ -23,13 +25,47 @@ BlockIter = Iterator[tuple[int, torch.Tensor]]
 
 
 class FeatureStore:
-    """Interface: ``n`` rows of dimension ``dim``, read block by block with :meth:`blocks`."""
+    """Interface: ``n`` rows of dimension ``dim``, read block by block with :meth:`blocks`, saved by :meth:`write`."""
 
     n: int
     dim: int
+    block_size: int = 1024
 
     def blocks(self) -> BlockIter:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def write(self, stem: str) -> str:
+        """Write the rows to ``stem + ".npy"`` (streamed, block by block); returns the file name."""
+        path = stem + ".npy"
+        write_npy(path, self.blocks(), self.n, self.dim, self._dtype())
+        return os.path.basename(path)
+
+    def _dtype(self) -> torch.dtype:
+        for _, block in self.blocks():
+            return block.dtype
+        return torch.float32
+
+
+def write_npy(path: str, blocks: Iterable[tuple[int, torch.Tensor]], n: int, dim: int, dtype: torch.dtype) -> None:
+    """Stream ``blocks`` into a ``[n, dim]`` ``.npy`` file at ``path`` (through a temporary file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    tmp = path + ".partial.npy"
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n, dim))
+    for start, block in blocks:
+        array[start : start + block.shape[0]] = block.detach().cpu().numpy()
+    array.flush()
+    del array
+    os.replace(tmp, path)
+
+
+def read_store(path: str, device: torch.device | str = "cpu", block_size: int = 1024) -> FeatureStore:
+    """Open a store written by :meth:`FeatureStore.write`: ``.safetensors`` in memory, ``.npy`` by memory map."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return MemoryStore(load_file(path)["features"].clone().to(device), block_size)
+    return DiskStore(path, device, block_size)
 
 
 class MemoryStore(FeatureStore):
@@ -43,6 +79,14 @@ class MemoryStore(FeatureStore):
     def blocks(self) -> BlockIter:
         for start in range(0, self.n, self.block_size):
             yield start, self.matrix[start : start + self.block_size]
+
+    def write(self, stem: str) -> str:
+        """Write the matrix to ``stem + ".safetensors"``."""
+        from safetensors.torch import save_file
+
+        path = stem + ".safetensors"
+        save_file({"features": self.matrix.detach().cpu().contiguous()}, path)
+        return os.path.basename(path)
 
 
 class RecomputeStore(FeatureStore):
@@ -59,8 +103,8 @@ class RecomputeStore(FeatureStore):
 class DiskStore(FeatureStore):
     """Rows in ``path`` (a ``.npy`` file read by memory map) with a JSON sidecar that says what they are.
 
-    :meth:`open_or_build` reuses the file when its sidecar's ``key`` matches, so a second run (or a run that was
-    interrupted after the store was complete) does not recompute it.
+    :meth:`open_or_build` reuses the file when its sidecar's ``key`` matches (a hash of the configuration that
+    produced it), so a second run (or a run that was interrupted after the store was complete) does not recompute it.
     """
 
     def __init__(self, path: str, device: torch.device | str = "cpu", block_size: int = 1024) -> None:
@@ -78,7 +122,7 @@ class DiskStore(FeatureStore):
     @staticmethod
     def open_or_build(
         path: str, key: str, blocks: Iterable[tuple[int, torch.Tensor]], n: int, dim: int,
-        dtype: torch.dtype, device: torch.device | str = "cpu",
+        dtype: torch.dtype, device: torch.device | str = "cpu", block_size: int = 1024,
     ) -> DiskStore:
         """Open ``path`` if it holds the store named ``key``; otherwise write ``blocks`` there first."""
         meta_path = path + ".json"
@@ -86,19 +130,11 @@ class DiskStore(FeatureStore):
             with open(meta_path) as fh:
                 meta = json.load(fh)
             if meta.get("key") == key and meta.get("complete"):
-                return DiskStore(path, device)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-        tmp = path + ".partial.npy"
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n, dim))
-        for start, block in blocks:
-            array[start : start + block.shape[0]] = block.detach().cpu().numpy()
-        array.flush()
-        del array
-        os.replace(tmp, path)
+                return DiskStore(path, device, block_size)
+        write_npy(path, blocks, n, dim, dtype)
         with open(meta_path, "w") as fh:
             json.dump({"key": key, "n": n, "dim": dim, "complete": True}, fh)
-        return DiskStore(path, device)
+        return DiskStore(path, device, block_size)
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:

@@ -124,6 +124,14 @@ class Task:
         """Floating dtype of the model's (first selected) parameters; floating inputs are cast to it."""
         return dict(self.model.named_parameters())[self.param_names[0]].dtype
 
+    def restrict(self, params: Sequence[str] | str) -> Task:
+        """The same task (model, loss, target, weight decay, checkpoints, inputs) with other selected parameters."""
+        view = Task(self.model, loss_fn=self.loss_fn, target_fn=self.target_fn, params=params,
+                    weight_decay=self.weight_decay, checkpoints=self.checkpoints, input_fn=self.input_fn)
+        view.train_mode_modules = self.train_mode_modules
+        view.vmap_randomness = self.vmap_randomness
+        return view
+
     def param_slices(self) -> dict[str, slice]:
         """Where each selected parameter lies in the flat vector ``θ``."""
         out, start = {}, 0

@@ -9,7 +9,10 @@ Layout under the cache root (``$WHEREFROM_CACHE``, default ``~/.cache/wherefrom`
         hinv.npy                          (LR) inverse Hessian at the optimum, the retraining preconditioner
         loo-<key>/shard-00000.pt ...      LOO outputs, one file per shard of retrained models
         lds-<key>/shard-00000.pt ...      LDS outputs
-        ensemble-<key>/member-000.pt ...  independently trained models
+        ensemble-<key>/member-000.pt ...  independently trained models (shared by every ensemble size)
+
+Every retraining folder also holds ``build.json``: the wall-clock seconds its build really took, summed over the
+sessions that built it (an interrupted build resumes and adds to it), so reports can tell building from loading.
 
 A shard file is written atomically when its models are done, so an interrupted build resumes by skipping the
 shards that exist. Retraining runs in ``workers`` processes (spawned, one torch thread each) with a progress bar.
@@ -70,7 +73,12 @@ def _atomic_save(obj, path: str) -> None:
 
 @dataclass
 class LOOGroundTruth:
-    """``indices [R]``, ``loss_change``/``margin_change`` ``[R, m]``, ``pred [R, m]``, reference ``base_loss [m]``."""
+    """``indices [R]``, ``loss_change``/``margin_change`` ``[R, m]``, ``pred [R, m]``, reference ``base_loss [m]``.
+
+    Times: ``seconds`` is what this call took (the cache-load time when nothing was left to build);
+    ``build_seconds`` the wall-clock seconds the build took when it ran (``None`` for caches written before it was
+    recorded); ``compute_seconds`` the sum of the shards' own seconds (CPU-parallel work, ≥ wall time with workers).
+    """
 
     indices: np.ndarray
     loss_change: np.ndarray
@@ -79,17 +87,21 @@ class LOOGroundTruth:
     base_loss: np.ndarray
     base_margin: np.ndarray
     seconds: float = 0.0
+    build_seconds: float | None = None
+    compute_seconds: float = 0.0
 
 
 @dataclass
 class LDSGroundTruth:
-    """``masks [M, n]`` of the subsets, ``loss``/``margin`` ``[M, m]`` of the subset models."""
+    """``masks [M, n]`` of the subsets, ``loss``/``margin`` ``[M, m]`` of the subset models (times: as LOO)."""
 
     masks: np.ndarray
     loss: np.ndarray
     margin: np.ndarray
     pred: np.ndarray
     seconds: float = 0.0
+    build_seconds: float | None = None
+    compute_seconds: float = 0.0
 
     def goodness(self, target: str = "loss") -> np.ndarray:
         """``−loss`` (default) or the margin: higher is better, as LDS expects."""
@@ -159,6 +171,23 @@ def _run_shard(spec: dict, root: str, kind: str, rows: list, seeds: list, path: 
     _atomic_save({"rows": rows, "loss": out.loss, "margin": out.margin, "pred": out.pred, "info": info,
                   "seconds": time.time() - t0}, path)
     return path
+
+
+def _read_build_seconds(folder: str) -> float | None:
+    """Wall-clock build seconds recorded in ``folder/build.json`` (``None`` if never recorded)."""
+    try:
+        with open(os.path.join(folder, "build.json")) as fh:
+            return float(json.load(fh)["build_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_build_seconds(folder: str, seconds: float) -> None:
+    path = os.path.join(folder, "build.json")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"build_s": seconds}, fh)
+    os.replace(tmp, path)
 
 
 def _shard_done(path: str, rows: list) -> bool:
@@ -281,7 +310,7 @@ class Workspace:
         return tr.model_outputs(self.setting, [self.reference().state], test)
 
     # ---------------------------------------------------------------- sharded retraining
-    def _retrain(self, kind: str, key: dict, rows: list, seeds: list) -> tuple[dict, float]:
+    def _retrain(self, kind: str, key: dict, rows: list, seeds: list) -> tuple[dict, float, float | None]:
         self.reference()
         folder = os.path.join(self.root, f"{kind}-{_hash(key)}")
         os.makedirs(folder, exist_ok=True)
@@ -294,21 +323,24 @@ class Workspace:
         spec = self.setting.spec()
         t0 = time.time()
         desc = f"{self.setting.name} {kind} retraining ({len(rows)} models)"
+        built_before = _read_build_seconds(folder) or 0.0
         if todo and self.workers <= 1:
             for k, (_, rr, ss) in track(todo, desc, len(todo), self.progress):
                 _run_shard(spec, self.root, kind, rr, ss, paths[k])
+                _write_build_seconds(folder, built_before + time.time() - t0)
         elif todo:
             ctx = get_context("spawn")
             with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init) as pool:
                 futs = [pool.submit(_run_shard, spec, self.root, kind, rr, ss, paths[k]) for k, (_, rr, ss) in todo]
                 for f in track(as_completed(futs), desc, len(futs), self.progress):
                     f.result()
+                    _write_build_seconds(folder, built_before + time.time() - t0)
         elapsed = time.time() - t0
         parts = [torch.load(p, weights_only=False) for p in paths]
         merged = {name: torch.cat([p[name] for p in parts]).numpy() for name in ("loss", "margin", "pred")}
         merged["info"] = [p["info"] for p in parts]
         merged["shard_seconds"] = float(sum(p["seconds"] for p in parts))
-        return merged, elapsed
+        return merged, elapsed, _read_build_seconds(folder)
 
     def loo(self, indices: Sequence[int] | None = None) -> LOOGroundTruth:
         """Leave-one-out ground truth for train positions ``indices`` (default: all of them)."""
@@ -320,11 +352,11 @@ class Workspace:
         if idx and (min(idx) < 0 or max(idx) >= n):
             raise WherefromError(f"LOO indices must be train positions in [0, {n}).")
         seeds = [self.setting.recipe.seed] * len(idx)  # same seed and order as the reference (§16.1)
-        merged, elapsed = self._retrain("loo", {"indices": idx}, idx, seeds)
+        merged, elapsed, built = self._retrain("loo", {"indices": idx}, idx, seeds)
         base = self.reference_outputs()
         return LOOGroundTruth(np.asarray(idx), merged["loss"] - base.loss.numpy(),
                               merged["margin"] - base.margin.numpy(), merged["pred"], base.loss.numpy()[0],
-                              base.margin.numpy()[0], elapsed)
+                              base.margin.numpy()[0], elapsed, built, merged["shard_seconds"])
 
     def lds_subsets(self, n_subsets: int = 100, fraction: float = 0.5, seed: int = 0) -> list[list[int]]:
         """The LDS subsets: subset ``s`` = ``⌊α·n⌋`` sorted positions from ``default_rng(seed + s)``."""
@@ -339,21 +371,27 @@ class Workspace:
         """LDS ground truth: ``n_subsets`` models trained on random ``fraction`` subsets."""
         subsets = self.lds_subsets(n_subsets, fraction, seed)
         seeds = [self.setting.recipe.seed + 1 + s for s in range(n_subsets)]
-        merged, elapsed = self._retrain("lds", {"n_subsets": n_subsets, "fraction": fraction, "seed": seed},
+        merged, elapsed, built = self._retrain("lds", {"n_subsets": n_subsets, "fraction": fraction, "seed": seed},
                                         subsets, seeds)
         n = len(self.datasets()[0])
         masks = np.zeros((n_subsets, n), dtype=bool)
         for s, sub in enumerate(subsets):
             masks[s, sub] = True
-        return LDSGroundTruth(masks, merged["loss"], merged["margin"], merged["pred"], elapsed)
+        return LDSGroundTruth(masks, merged["loss"], merged["margin"], merged["pred"], elapsed, built,
+                              merged["shard_seconds"])
 
     # ---------------------------------------------------------------- ensembles
+    def ensemble_folder(self, fraction: float = 0.5, seed: int = 1000) -> str:
+        """The folder of the ensemble members (shared by every ensemble size: member ``k`` does not depend on it)."""
+        return os.path.join(self.root, f"ensemble-{_hash({'f': fraction, 's': seed})}")
+
     def ensemble(self, n_models: int = 10, fraction: float = 0.5, seed: int = 1000) -> list[dict]:
         """States of ``n_models`` independently trained models on random ``fraction`` subsets (TRAK-M style).
 
-        Member ``k`` uses the subset of ``default_rng(seed + k)`` and training seed ``seed + k``; cached.
+        Member ``k`` uses the subset of ``default_rng(seed + k)`` and training seed ``seed + k``; cached, so a
+        larger ensemble reuses the members of a smaller one. ``build.json`` sums the seconds spent training members.
         """
-        folder = os.path.join(self.root, f"ensemble-{_hash({'n': n_models, 'f': fraction, 's': seed})}")
+        folder = self.ensemble_folder(fraction, seed)
         os.makedirs(folder, exist_ok=True)
         train, _ = self.datasets()
         n = len(train)
@@ -363,14 +401,28 @@ class Workspace:
             if os.path.exists(path):
                 states.append(torch.load(path, weights_only=True))
                 continue
+            t0 = time.time()
             sub = np.sort(np.random.default_rng(seed + k).choice(n, int(fraction * n), replace=False))
             if self.setting.is_lr:
                 state = self._lr_subset_model(sub)
             else:
                 state = tr.train_sgd(self.setting, train, sub, seed=seed + k).state
             _atomic_save(state, path)
+            _write_build_seconds(folder, (_read_build_seconds(folder) or 0.0) + time.time() - t0)
             states.append(state)
         return states
+
+    def ensemble_build_seconds(self, fraction: float = 0.5, seed: int = 1000) -> float | None:
+        """Seconds spent training the cached ensemble members (``None`` if never recorded)."""
+        return _read_build_seconds(self.ensemble_folder(fraction, seed))
+
+    def ensemble_built(self, fraction: float = 0.5, seed: int = 1000) -> int:
+        """How many leading ensemble members are already cached."""
+        folder = self.ensemble_folder(fraction, seed)
+        k = 0
+        while os.path.exists(os.path.join(folder, f"member-{k:03d}.pt")):
+            k += 1
+        return k
 
     def _lr_subset_model(self, sub: np.ndarray) -> dict:
         train, _ = self.datasets()

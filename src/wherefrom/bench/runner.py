@@ -1,13 +1,24 @@
 """Run registered attribution methods on a benchmark setting and score them against retraining ground truth.
 
     from wherefrom.bench.runner import run_benchmark
-    result = run_benchmark("mnist-lr", ["if-explicit", "tracin"], ["loo", "lds"])
-    print(result.table())
+    result = run_benchmark("digits-lr", ["if-explicit", "tracin"], ["loo", "lds"], out_dir="bench-results")
+    print(result.table(), result.failures())
 
 Methods come from :mod:`wherefrom.registry` (one registry that every method registers into) and are built from a
 :class:`~wherefrom.registry.MethodContext` holding the reference task, the trajectory of the reference run with
 its learning rates (TracIn), an ensemble of independently trained models on random 50% subsets (TRAK-M; built
 and cached only if a method reads it), the name of the last Linear layer and a penultimate-feature function.
+
+A run is checked before any work (:mod:`wherefrom.bench.plan`: names, option keys, ensemble sizes), then
+
+- **incremental**: after each method its row is reported (``on_row``) and, with ``out_dir``, the JSON, table and
+  chart are rewritten (:mod:`wherefrom.bench.results`);
+- **resumable**: each finished row (no failure) is cached under ``<cache>/<setting>/<key>/results/``, keyed by the
+  setting, method, effective options, ensemble size, metrics with their ground-truth parameters, target and a
+  fingerprint of the wherefrom source code; a rerun of a killed run reuses those rows (``resume=False``
+  recomputes them);
+- **honest**: a method that raises, or a metric that raises, is recorded with its error and the run goes on;
+  :meth:`BenchResult.failures` names them and the command line exits non-zero.
 
 Resources: ``fit s`` and ``score s`` are wall-clock seconds of ``fit(train)`` and ``score(test)``; ``peak MB`` is
 the peak resident-set-size increase over the RSS at the start of ``fit``, sampled every 5 ms from
@@ -16,6 +27,8 @@ the peak resident-set-size increase over the RSS at the start of ``fit``, sample
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -24,19 +37,24 @@ import time
 import traceback
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from wherefrom.bench.groundtruth import Workspace
+from wherefrom.bench.groundtruth import LDSGroundTruth, LOOGroundTruth, Workspace
+from wherefrom.bench.plan import DEFAULT_ENSEMBLE, MethodPlan, plan_methods
+from wherefrom.bench.results import BenchResult, MethodResult, dumps_strict, environment, now_iso, write_atomic
 from wherefrom.bench.settings import Setting, get_setting
 from wherefrom.errors import WherefromError, unknown_name
 from wherefrom.eval import lds, loo_correlation, noisy_label_auc
 from wherefrom.eval.metrics import brittleness
 from wherefrom.registry import MethodContext, make_method, method_names
 from wherefrom.targets import margin
+
+__all__ = ["METRICS", "BenchResult", "LazyCheckpoints", "MethodResult", "PeakMemory", "build_context",
+           "run_benchmark"]
 
 METRICS = {
     "loo": "leave-one-out Pearson/Spearman correlation (mean over test points)",
@@ -108,120 +126,6 @@ class LazyCheckpoints(Sequence):
         return iter(self._get())
 
 
-# ---------------------------------------------------------------------------------------------- results
-@dataclass
-class MethodResult:
-    """One row of the results table."""
-
-    method: str
-    fit_s: float = math.nan
-    score_s: float = math.nan
-    peak_mb: float = math.nan
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    def value(self, name: str) -> float:
-        v = self.metrics.get(name)
-        return float(v["value"]) if isinstance(v, dict) and v.get("value") is not None else math.nan
-
-
-@dataclass
-class BenchResult:
-    """All rows of a benchmark run plus what it ran on."""
-
-    setting: dict
-    metrics: list[str]
-    rows: list[MethodResult]
-    ground_truth: dict
-    options: dict
-
-    COLUMNS: ClassVar = (("fit s", "fit_s"), ("score s", "score_s"), ("peak MB", "peak_mb"))
-    METRIC_COLUMNS: ClassVar = {"loo": [("LOO P", "loo_pearson"), ("LOO S", "loo_spearman")],
-                                "lds": [("LDS", "lds")], "auc": [("AUC", "auc")],
-                                "brittle": [("brittle k", "brittle_mean_k")]}
-
-    def columns(self) -> list[tuple[str, str]]:
-        cols = list(self.COLUMNS)
-        for m in self.metrics:
-            cols += self.metric_columns(m)
-        return cols
-
-    def metric_columns(self, metric: str) -> list[tuple[str, str]]:
-        """Columns of one metric (one LDS column per subset fraction when several were measured)."""
-        fractions = self.ground_truth.get("lds", {}).get("fractions", [])
-        if metric == "lds" and len(fractions) > 1:
-            return [(f"LDS α={f:g}", f"lds@{f:g}") for f in fractions]
-        return self.METRIC_COLUMNS[metric]
-
-    def table(self, fmt: str = "markdown") -> str:
-        """The results as a markdown table (method, fit s, score s, peak MB, then the metrics)."""
-        cols = self.columns()
-        lines = ["| method | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for r in self.rows:
-            cells = []
-            for _, key in cols:
-                v = getattr(r, key) if hasattr(r, key) else r.value(key)
-                if key.startswith("lds") and not math.isnan(v):
-                    ci = r.metrics[key]["ci"]
-                    cells.append(f"{v:.3f} ± {(ci[1] - ci[0]) / 2:.3f}")
-                elif key in ("fit_s", "score_s"):
-                    cells.append(f"{v:.2f}")
-                elif key == "peak_mb":
-                    cells.append(f"{v:.0f}")
-                else:
-                    cells.append("—" if math.isnan(v) else f"{v:.3f}")
-            name = r.method if r.error is None else f"{r.method} (failed: {r.error.splitlines()[0][:60]})"
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"setting": self.setting, "metrics": self.metrics, "options": self.options,
-                "ground_truth": self.ground_truth,
-                "rows": [{"method": r.method, "fit_s": r.fit_s, "score_s": r.score_s, "peak_mb": r.peak_mb,
-                          "metrics": r.metrics, "error": r.error} for r in self.rows]}
-
-    def save(self, out_dir: str, stem: str | None = None) -> tuple[str, str]:
-        """Write ``<stem>.json`` and ``<stem>.png`` (a bar chart of the metrics) to ``out_dir``."""
-        os.makedirs(out_dir, exist_ok=True)
-        stem = stem or self.setting["name"]
-        jpath, ppath = os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.png")
-        with open(jpath, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2, default=_jsonable)
-        self.plot(ppath)
-        return jpath, ppath
-
-    def plot(self, path: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        keys = [(label, key) for m in self.metrics for label, key in self.metric_columns(m) if m != "brittle"]
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(self.rows) * max(1, len(keys)) / 2 + 3), 4))
-        width = 0.8 / max(1, len(keys))
-        x = np.arange(len(self.rows))
-        for k, (label, key) in enumerate(keys):
-            vals = [r.value(key) for r in self.rows]
-            ax.bar(x + k * width, [0 if math.isnan(v) else v for v in vals], width, label=label)
-        ax.set_xticks(x + width * (len(keys) - 1) / 2)
-        ax.set_xticklabels([r.method for r in self.rows], rotation=30, ha="right")
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_title(f"wherefrom bench {self.setting['name']}")
-        if keys:
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-
-def _jsonable(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return str(obj)
-
-
 # ---------------------------------------------------------------------------------------------- runner
 def _parse_list(value: str | Sequence[str] | None, known: Sequence[str], kind: str) -> list[str]:
     if value is None:
@@ -234,7 +138,7 @@ def _parse_list(value: str | Sequence[str] | None, known: Sequence[str], kind: s
     return items
 
 
-def build_context(ws: Workspace, options: dict | None = None, ensemble_size: int = 5, seed: int = 0,
+def build_context(ws: Workspace, options: dict | None = None, ensemble_size: int = DEFAULT_ENSEMBLE, seed: int = 0,
                   target_fn=None) -> MethodContext:
     """The :class:`MethodContext` a setting offers: task, trajectory, lazy ensemble, last layer, features."""
     ref = ws.reference()
@@ -254,6 +158,43 @@ def build_context(ws: Workspace, options: dict | None = None, ensemble_size: int
     )
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) of every ``.py`` file of the installed wherefrom package: a code change invalidates
+    cached benchmark rows."""
+    import wherefrom
+
+    root = os.path.dirname(os.path.abspath(wherefrom.__file__))
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def row_key(setting: Setting, plan: MethodPlan, metric_params: dict, target: str) -> str:
+    """The resume key of one method's row (16 hex digits)."""
+    blob = dumps_strict({"format": 1, "setting": setting.key(), "method": plan.name, "options": plan.options,
+                         "ensemble_size": plan.ensemble_size, "metrics": metric_params, "target": target,
+                         "code": code_fingerprint()})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _GroundTruth:
+    """What the metrics compare against (``None`` for metrics not asked for)."""
+
+    loo: LOOGroundTruth | None = None
+    lds: dict[str, LDSGroundTruth] | None = None  # metric key ("lds" or "lds@α") → ground truth
+    noisy: Workspace | None = None
+    brittle_tests: list[int] | None = None
+
+
 def run_benchmark(
     setting: str | Setting,
     methods: str | Sequence[str] | None = None,
@@ -264,7 +205,7 @@ def run_benchmark(
     loo_indices: Sequence[int] | None = None,
     n_subsets: int = 100,
     fraction: float | Sequence[float] | None = None,
-    ensemble_size: int = 5,
+    ensemble_size: int | None = None,
     noise: float = 0.1,
     target: str = "loss",
     options: dict[str, dict] | None = None,
@@ -272,6 +213,11 @@ def run_benchmark(
     brittle_ks: Sequence[int] = (10, 20, 40, 80),
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    out_dir: str | None = None,
+    stem: str | None = None,
+    resume: bool = True,
+    on_row: Callable[[BenchResult, MethodResult], None] | None = None,
+    command: str | None = None,
 ) -> BenchResult:
     """Train or load the setting, build or load its ground truth, run every method, compute the metrics.
 
@@ -280,13 +226,21 @@ def run_benchmark(
         methods: registered method names (comma-separated or a list); default: every registered method.
         metrics: any of ``loo``, ``lds``, ``auc``, ``brittle``.
         loo_indices: train positions whose LOO retraining is the ground truth (default: all).
-        n_subsets, fraction: LDS subsets ``M`` and the kept fraction(s) ``α`` (default: the setting's
-            ``lds_fractions``; with several, one LDS column per fraction, keys ``lds@α``).
-        ensemble_size: models in ``MethodContext.ensemble`` (trained on random 50% subsets, cached).
+        n_subsets: the number ``M`` of LDS subsets.
+        fraction: the fraction ``α`` of training examples each LDS subset keeps, or several (one LDS column per
+            fraction, metric keys ``lds@α``); default: the setting's ``lds_fractions`` (``0.5`` for most).
+        ensemble_size: models in ``MethodContext.ensemble`` (trained on random 50% subsets, cached); ``None``:
+            as many as each method needs, at least 5. An explicit size smaller than a method needs is an error.
         noise: fraction of flipped labels for ``auc``.
         target: ``"loss"`` or ``"margin"``: what is attributed and what the ground truth measures.
-        options: per-method options ``{method: {option: value}}`` on top of the setting's defaults.
-    A method that raises is reported with its error instead of stopping the run.
+        options: per-method options ``{method: {option: value}}`` on top of the setting's defaults; keys are
+            checked against each method's constructor before any work.
+        out_dir: when given, ``<out_dir>/<stem>.json``, ``.md`` and ``.png`` are rewritten after every method.
+        stem: the file name stem of those outputs.
+        resume: reuse rows finished by an earlier (possibly killed) run with the same key.
+        on_row: called with ``(result, row)`` after each method (e.g. to print the row).
+        command: the command line, recorded in the JSON.
+    A method or metric that raises is reported with its error instead of stopping the run.
     """
     say = log or (lambda s: None)
     s = get_setting(setting) if isinstance(setting, str) else setting
@@ -295,74 +249,196 @@ def run_benchmark(
     if target not in ("loss", "margin"):
         raise WherefromError(f"target must be 'loss' or 'margin', got {target!r}.")
     target_fn = margin if target == "margin" else None
+    options = options or {}
+    fraction = _fractions(s, fraction)
+    plans = plan_methods(s, names, options, ensemble_size, target_fn=target_fn)  # fails fast, trains nothing
+    metric_params = _metric_params(mets, loo_indices, n_subsets, fraction, noise, brittle_points, brittle_ks)
+    result = BenchResult(s.spec(), mets, [], {}, {"methods": names, "ensemble_size": ensemble_size,
+                                                  "target": target, "options": options},
+                         run={"status": "running", "started": now_iso(), "finished": None, "command": command},
+                         env=environment())
+
+    def write(chart: bool = False) -> None:  # the chart changes only when a row is added
+        if out_dir is not None:
+            result.save(out_dir, stem, chart=chart)
+
     ws = Workspace(s, cache_dir=cache_dir, workers=workers, progress=progress)
-    train, test = ws.datasets()
+    try:
+        gt = _ground_truth(ws, s, mets, result.ground_truth, say, loo_indices, n_subsets, fraction, noise,
+                           brittle_points, brittle_ks, cache_dir, workers, progress)
+        write()
+        for plan in plans:
+            key = row_key(s, plan, metric_params, target)
+            row = _load_row(ws, plan.name, key) if resume else None
+            if row is not None:
+                say(f"method {plan.name}: reusing its finished row ({_row_path(ws, plan.name, key)}); "
+                    "--fresh recomputes it")
+            else:
+                say(f"method {plan.name} {plan.options}")
+                row = _run_method(plan, key, ws, gt, mets, target, target_fn, brittle_ks, say)
+                if row.ok:
+                    _save_row(ws, row)
+            result.rows.append(row)
+            if any(p.ensemble_size for p in plans):
+                result.ground_truth["ensemble"] = _ensemble_info(ws)
+            write(chart=True)
+            if on_row is not None:
+                on_row(result, row)
+    except BaseException:
+        result.run.update(status="interrupted", finished=now_iso())
+        write()
+        raise
+    result.run.update(status="failed" if result.failures() else "complete", finished=now_iso())
+    write(chart=not result.rows)
+    return result
+
+
+def _fractions(s: Setting, fraction: float | Sequence[float] | None) -> float | list[float]:
+    """The LDS kept fraction(s): one float, or a list of several (the setting's default when ``None``)."""
+    values = list(s.lds_fractions) if fraction is None else (
+        [fraction] if isinstance(fraction, (int, float)) else list(fraction))
+    values = [float(f) for f in values]
+    bad = [f for f in values if not 0.0 < f < 1.0]
+    if not values or bad:
+        raise WherefromError(f"LDS fractions must be kept fractions in (0, 1), got {values}.")
+    return values[0] if len(values) == 1 else values
+
+
+def _metric_params(mets: list[str], loo_indices, n_subsets: int, fraction: float | list[float], noise: float,
+                   brittle_points: int, brittle_ks: Sequence[int]) -> dict:
+    params: dict[str, Any] = {}
+    if "loo" in mets:
+        params["loo"] = None if loo_indices is None else [int(i) for i in loo_indices]
+    if "lds" in mets:
+        params["lds"] = {"n_subsets": n_subsets, "fraction": fraction}
+    if "auc" in mets:
+        params["auc"] = {"noise": noise}
+    if "brittle" in mets:
+        params["brittle"] = {"points": brittle_points, "ks": list(brittle_ks)}
+    return params
+
+
+def _ground_truth(ws: Workspace, s: Setting, mets: list[str], info: dict, say, loo_indices, n_subsets, fraction,
+                  noise, brittle_points, brittle_ks, cache_dir, workers, progress) -> _GroundTruth:
+    """Build or load what the metrics need; ``info`` receives the build times (real, not cache-load)."""
+    gt = _GroundTruth()
+    info["cache"] = ws.root
     say(f"setting {s.name} ({s.key()}): reference model")
-    ws.reference()
-    gt_info: dict[str, Any] = {"cache": ws.root}
-    loo_gt = None
-    lds_gts: dict[str, Any] = {}
-    fractions = list(s.lds_fractions) if fraction is None else (
-        [float(fraction)] if isinstance(fraction, (int, float)) else [float(f) for f in fraction])
+    t0 = time.perf_counter()
+    ref = ws.reference()
+    info["reference"] = {"train_s": ref.info.get("seconds"), "load_s": time.perf_counter() - t0}
     if "loo" in mets:
         say("LOO ground truth")
-        loo_gt = ws.loo(loo_indices)
-        gt_info["loo"] = {"n_models": len(loo_gt.indices), "build_s": loo_gt.seconds}
+        gt.loo = ws.loo(loo_indices)
+        info["loo"] = {"n_models": len(gt.loo.indices), "build_s": gt.loo.build_seconds,
+                       "compute_s": gt.loo.compute_seconds, "load_s": gt.loo.seconds}
     if "lds" in mets:
         say("LDS ground truth")
-        for f in fractions:
-            lds_gts["lds" if len(fractions) == 1 else f"lds@{f:g}"] = ws.lds(n_subsets, f)
-        gt_info["lds"] = {"n_subsets": n_subsets, "fractions": fractions,
-                          "build_s": [g.seconds for g in lds_gts.values()]}
-    noisy_ws = None
+        fractions = fraction if isinstance(fraction, list) else [fraction]
+        gt.lds = {("lds" if len(fractions) == 1 else f"lds@{f:g}"): ws.lds(n_subsets, f) for f in fractions}
+        parts = list(gt.lds.values())
+        info["lds"] = {"n_subsets": n_subsets, "fraction": fraction, "fractions": fractions,
+                       "build_s": None if any(g.build_seconds is None for g in parts)
+                       else sum(g.build_seconds for g in parts),
+                       "compute_s": sum(g.compute_seconds or 0.0 for g in parts),
+                       "load_s": sum(g.seconds for g in parts)}
     if "auc" in mets:
-        noisy_ws = Workspace(s.replace(label_noise=noise), cache_dir=cache_dir, workers=workers, progress=progress)
-        noisy_ws.reference()
-        gt_info["auc"] = {"noise": noise, "n_flipped": int(noisy_ws.setting.flipped_mask().sum())}
-    brittle_tests = None
+        say("noisy-label reference model")
+        gt.noisy = Workspace(s.replace(label_noise=noise), cache_dir=cache_dir, workers=workers, progress=progress)
+        t0 = time.perf_counter()
+        nref = gt.noisy.reference()
+        info["auc"] = {"noise": noise, "n_flipped": int(gt.noisy.setting.flipped_mask().sum()),
+                       "train_s": nref.info.get("seconds"), "load_s": time.perf_counter() - t0}
     if "brittle" in mets:
+        _, test = ws.datasets()
         ref_pred = ws.reference_outputs().pred.numpy()[0]
         correct = np.nonzero(ref_pred == test.tensors[1].numpy())[0]
-        brittle_tests = correct[:brittle_points].tolist()
-        gt_info["brittle"] = {"test_indices": brittle_tests, "search_space": list(brittle_ks)}
-    options = options or {}
-    rows = []
-    for name in names:
-        opts = {**s.method_options.get(name, {}), **options.get(name, {})}
-        row = MethodResult(name)
-        say(f"method {name} {opts}")
+        gt.brittle_tests = correct[:brittle_points].tolist()
+        info["brittle"] = {"test_indices": gt.brittle_tests, "search_space": list(brittle_ks)}
+    return gt
+
+
+def _ensemble_info(ws: Workspace) -> dict:
+    return {"members_cached": ws.ensemble_built(), "build_s": ws.ensemble_build_seconds()}
+
+
+def _run_method(plan: MethodPlan, key: str, ws: Workspace, gt: _GroundTruth, mets: list[str], target: str,
+                target_fn, brittle_ks: Sequence[int], say) -> MethodResult:
+    """Build, fit and score one method, then each metric on its own (a failing metric keeps the others)."""
+    row = MethodResult(plan.name, options=plan.options, ensemble_size=plan.ensemble_size, key=key,
+                       started=now_iso())
+    size = plan.ensemble_size or DEFAULT_ENSEMBLE
+    train, test = ws.datasets()
+    try:
+        attributor = make_method(plan.name, build_context(ws, plan.options, size, target_fn=target_fn))
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            attributor.fit(train)
+            row.fit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores = attributor.score(test)
+            row.score_s = time.perf_counter() - t0
+        row.peak_mb = mem.peak_mb
+        S = scores.detach().double().cpu().numpy()
+    except Exception as exc:  # a failing method is reported, not fatal
+        row.error = f"{type(exc).__name__}: {exc}"
+        row.finished = now_iso()
+        say(traceback.format_exc())
+        return row
+    t_metrics = time.perf_counter()
+    for metric in mets:
         try:
-            ctx = build_context(ws, opts, ensemble_size, target_fn=target_fn)
-            attributor = make_method(name, ctx)
-            with PeakMemory() as mem:
-                t0 = time.perf_counter()
-                attributor.fit(train)
-                row.fit_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                scores = attributor.score(test)
-                row.score_s = time.perf_counter() - t0
-            row.peak_mb = mem.peak_mb
-            S = scores.detach().double().cpu().numpy()
-            if loo_gt is not None:
-                y = loo_gt.loss_change if target == "loss" else -loo_gt.margin_change
-                res = loo_correlation(S, y, loo_gt.indices)
-                row.metrics["loo_pearson"] = res["pearson"].to_dict()
-                row.metrics["loo_spearman"] = res["spearman"].to_dict()
-            for key, gt in lds_gts.items():
-                row.metrics[key] = lds(S, gt.masks, gt.goodness(target)).to_dict()
-            if brittle_tests is not None:
-                br = brittleness(S, brittle_tests, test.tensors[1].numpy(), ws.retrain_predict(), brittle_ks,
-                                 random_baseline=True)
-                mk = br.min_k.astype(float)
-                row.metrics["brittle_mean_k"] = {"value": float(np.mean(np.where(mk < 0, np.nan, mk)))
-                                                 if (mk >= 0).any() else math.nan, **br.to_dict()}
-            if noisy_ws is not None:
-                nctx = build_context(noisy_ws, opts, ensemble_size, target_fn=target_fn)
-                si = make_method(name, nctx).fit(noisy_ws.datasets()[0]).self_influence()
-                row.metrics["auc"] = {"value": noisy_label_auc(si, noisy_ws.setting.flipped_mask())}
-        except Exception as exc:  # a failing method is reported, not fatal
-            row.error = f"{type(exc).__name__}: {exc}"
-            say(traceback.format_exc())
-        rows.append(row)
-    return BenchResult(s.spec(), mets, rows, gt_info,
-                       {"methods": names, "ensemble_size": ensemble_size, "target": target, "options": options})
+            row.metrics.update(_metric(metric, S, plan, ws, gt, target, target_fn, size, brittle_ks))
+        except Exception as exc:
+            row.metric_errors[metric] = f"{type(exc).__name__}: {exc}"
+            say(f"method {plan.name}, metric {metric} failed:\n{traceback.format_exc()}")
+    row.metric_s = time.perf_counter() - t_metrics
+    row.finished = now_iso()
+    return row
+
+
+def _metric(metric: str, S: np.ndarray, plan: MethodPlan, ws: Workspace, gt: _GroundTruth, target: str, target_fn,
+            size: int, brittle_ks: Sequence[int]) -> dict[str, Any]:
+    """The entries one metric adds to a row's ``metrics``."""
+    if metric == "loo":
+        y = gt.loo.loss_change if target == "loss" else -gt.loo.margin_change
+        res = loo_correlation(S, y, gt.loo.indices)
+        return {"loo_pearson": res["pearson"].to_dict(), "loo_spearman": res["spearman"].to_dict()}
+    if metric == "lds":
+        return {key: lds(S, g.masks, g.goodness(target)).to_dict() for key, g in gt.lds.items()}
+    if metric == "brittle":
+        _, test = ws.datasets()
+        br = brittleness(S, gt.brittle_tests, test.tensors[1].numpy(), ws.retrain_predict(), brittle_ks,
+                         random_baseline=True)
+        mk = br.min_k.astype(float)
+        mean_k = float(np.mean(np.where(mk < 0, np.nan, mk))) if (mk >= 0).any() else math.nan
+        return {"brittle_mean_k": {"value": mean_k, **br.to_dict()}}
+    if metric == "auc":
+        nctx = build_context(gt.noisy, plan.options, size, target_fn=target_fn)
+        si = make_method(plan.name, nctx).fit(gt.noisy.datasets()[0]).self_influence()
+        return {"auc": {"value": noisy_label_auc(si, gt.noisy.setting.flipped_mask())}}
+    raise unknown_name("metric", metric, list(METRICS))
+
+
+# ---------------------------------------------------------------------------------------------- finished rows
+def _row_path(ws: Workspace, method: str, key: str) -> str:
+    return os.path.join(ws.root, "results", f"{method}-{key}.json")
+
+
+def _save_row(ws: Workspace, row: MethodResult) -> None:
+    path = _row_path(ws, row.method, row.key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, dumps_strict(row.to_dict()))
+
+
+def _load_row(ws: Workspace, method: str, key: str) -> MethodResult | None:
+    path = _row_path(ws, method, key)
+    try:
+        with open(path) as fh:
+            row = MethodResult.from_dict(json.load(fh))
+    except (OSError, ValueError, KeyError, TypeError):  # absent, truncated or foreign: recompute
+        return None
+    if row.key != key or not row.ok:
+        return None
+    row.resumed = True
+    return row

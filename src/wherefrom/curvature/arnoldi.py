@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from wherefrom.curvature.base import Solver, register_solver
-from wherefrom.curvature.objective import TrainingObjective
+from wherefrom.curvature.base import Preconditioner, register_solver
 from wherefrom.errors import WherefromError
 from wherefrom.progress import track
 
@@ -93,7 +93,7 @@ def ritz_pairs(matvec: MatVec, p: int, iterations: int, **kwargs) -> tuple[torch
 
 
 @register_solver("arnoldi")
-class ArnoldiSolver(Solver):
+class ArnoldiSolver(Preconditioner):
     """Low-rank inverse from the top-``rank`` eigenpairs found by Arnoldi (Schioppa et al. 2021).
 
     Args:
@@ -108,14 +108,17 @@ class ArnoldiSolver(Solver):
 
     After ``fit``: ``eigenvalues_`` (``[k']``, undamped, descending), ``eigenvectors_`` (``[k', p]``),
     ``ritz_values_`` (all ``K`` Ritz values) and ``dropped_`` (how many of the top ``k`` were discarded).
+    The pairs are chosen with the damping at fit time; a later change of ``damping`` changes ``μ + λ`` only.
     """
 
+    has_factors = True
+
     def __init__(
-        self, damping: float = 0.0, rank: int = 50, iterations: int | None = None, seed: int = 0,
+        self, damping: Any = 0.0, rank: int = 50, iterations: int | None = None, seed: int = 0,
         tol: float = 1e-10, eig_floor: float = 1e-12, dtype: torch.dtype = torch.float64,
-        progress: bool | None = None,
+        progress: bool | None = None, curvature: str | None = None,
     ) -> None:
-        super().__init__(damping)
+        super().__init__(damping, curvature)
         if rank < 1:
             raise WherefromError(f"rank must be >= 1, got {rank}.")
         self.rank, self.iterations, self.seed, self.tol = rank, iterations, seed, tol
@@ -125,7 +128,7 @@ class ArnoldiSolver(Solver):
         self.ritz_values_: torch.Tensor | None = None
         self.dropped_: int = 0
 
-    def fit(self, objective: TrainingObjective) -> ArnoldiSolver:
+    def fit(self, objective: Any) -> ArnoldiSolver:
         super().fit(objective)
         p = objective.p
         K = self.iterations if self.iterations is not None else min(p, max(2 * self.rank, self.rank + 20))
@@ -144,12 +147,13 @@ class ArnoldiSolver(Solver):
         order = torch.argsort(evals.abs(), descending=True)[: self.rank]
         top, Utop = evals[order], U[order]
         floor = self.eig_floor * max(float(evals.abs().max()), 1e-300)
-        keep = top + self.damping > floor
+        lam = self.effective_damping
+        keep = top + lam > floor
         self.dropped_ = int((~keep).sum())
         if self.dropped_:
             warnings.warn(
                 f"Arnoldi: {self.dropped_} of the top {len(top)} eigenvalues of the curvature are not positive "
-                f"after damping (smallest {float(top.min()):.3g}, damping {self.damping:g}); they were dropped. "
+                f"after damping (smallest {float(top.min()):.3g}, damping {lam:g}); they were dropped. "
                 "Use a Gauss-Newton curvature or more damping.", stacklevel=2)
         keep_idx = torch.nonzero(keep).flatten()
         order2 = keep_idx[torch.argsort(top[keep_idx], descending=True)]
@@ -168,20 +172,21 @@ class ArnoldiSolver(Solver):
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         """``U diag(1/(μ+λ)) Uᵀ V`` for ``V`` ``[m, p]``."""
         evals, U = self._require_factors()
-        Vd = V.to(U.dtype)
-        coef = (Vd @ U.T) / (evals + self.damping).to(U.dtype)
-        return (coef @ U).to(V.dtype)
+        Vd = V.to(device=U.device, dtype=U.dtype)
+        coef = (Vd @ U.T) / (evals + self.effective_damping).to(U.dtype)
+        return (coef @ U).to(device=V.device, dtype=V.dtype)
 
     def features(self, V: torch.Tensor) -> torch.Tensor:
         """Whitened projection ``diag((μ+λ)^{-1/2}) Uᵀ v`` of each row of ``V`` ``[m, p]`` → ``[m, k]``."""
         evals, U = self._require_factors()
-        return ((V.to(U.dtype) @ U.T) / (evals + self.damping).sqrt().to(U.dtype)).to(V.dtype)
+        return ((V.to(U.dtype) @ U.T) / (evals + self.effective_damping).sqrt().to(U.dtype)).to(V.dtype)
 
     def state_dict(self) -> dict:
         evals, U = self._require_factors()
-        return {"eigenvalues": evals, "eigenvectors": U, "ritz_values": self.ritz_values_}
+        return {**super().state_dict(), "eigenvalues": evals, "eigenvectors": U, "ritz_values": self.ritz_values_}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.eigenvalues_ = state["eigenvalues"]
         self.eigenvectors_ = state["eigenvectors"]
         self.ritz_values_ = state.get("ritz_values")

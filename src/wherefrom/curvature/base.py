@@ -1,95 +1,163 @@
-"""The solver interface and registry: fit on a training objective, then apply ``(H + λI)⁻¹`` to vectors.
+"""The preconditioner interface and registry: fit on a curvature space, then apply ``(C + λI)⁻¹`` to rows.
 
-``damping`` ``λ`` is always *absolute* and added to the mean-reduced Hessian ``H`` of
-``R(θ) = (1/n) Σ ℓ_i + (wd/2)‖θ‖²``: every solver approximates the same operator ``(H + λI)⁻¹``.
+Every preconditioner:
+
+- ``fit(space) -> self`` on the training side of one checkpoint in the feature space it works in (see
+  :mod:`wherefrom.curvature.space`; a :class:`~wherefrom.curvature.TrainingObjective` is the parameter space);
+- ``solve(Q [m, d]) -> [m, d]``: ``(C + λI)⁻¹ q`` for every row ``q``;
+- ``damping``: a settable property with one meaning everywhere (:mod:`wherefrom.curvature.damping`) — changing it
+  after ``fit`` takes effect at the next ``solve`` without refitting;
+- ``state_dict()`` / ``load_state_dict(state)``: its fitted factors as tensors and JSON-able values (empty for the
+  ones that work from the space directly, CG and LiSSA, which need the space again to solve: ``needs_space``);
+- ``config()``: its registered name and constructor options (:mod:`wherefrom.configurable`).
+
+``Solver`` is the older name of :class:`Preconditioner`; ``make_solver``/``register_solver``/``SOLVERS`` keep
+working.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from wherefrom.curvature.objective import TrainingObjective
+from wherefrom.configurable import Configurable
+from wherefrom.curvature.damping import check_damping, damping_config, is_relative, resolve_damping
+from wherefrom.curvature.gauss_newton import check_curvature
 from wherefrom.errors import WherefromError, unknown_name
 
 
-class Solver:
-    """Base class: ``fit(objective) -> self``; ``solve(V [m, p]) -> (H + λI)⁻¹ V`` as ``[m, p]``."""
+class Preconditioner(Configurable):
+    """Base class: ``fit(space) -> self``; ``solve(V [m, d]) -> (C + λI)⁻¹ V`` as ``[m, d]``.
 
-    name: str = "solver"
+    Args:
+        damping: ``λ`` — a number, ``"auto"`` or ``relative(f)`` (see :mod:`wherefrom.curvature.damping`).
+        curvature: the curvature to invert (``"hessian"``, ``"ggn"``, ``"fisher"``, ``"empirical_fisher"``);
+            ``None`` follows the space (the attributor's ``curvature=``).
+    """
 
-    def __init__(self, damping: float = 0.0) -> None:
-        if damping is None:
-            raise WherefromError(f"The {self.name} solver has no relative damping default; pass a number "
-                                 "(damping=None is accepted by kfac, ekfac and datainf).")
-        if damping < 0:
-            raise WherefromError(f"damping must be >= 0, got {damping}.")
-        self.damping = float(damping)
-        self.objective: TrainingObjective | None = None
+    name: ClassVar[str] = "preconditioner"
+    #: ``damping=None`` means ``"auto"`` (kept for K-FAC, EK-FAC and DataInf, where it always did).
+    allows_none_damping: ClassVar[bool] = False
+    #: fitted factors worth caching on disk (Arnoldi, K-FAC, EK-FAC, DataInf, explicit, kernel).
+    has_factors: ClassVar[bool] = False
+    #: ``solve`` needs the space (the training data) after fitting (CG, LiSSA).
+    needs_space: ClassVar[bool] = False
 
-    def fit(self, objective: TrainingObjective) -> Solver:
+    def __init__(self, damping: Any = 0.0, curvature: str | None = None) -> None:
+        self._damping = check_damping(damping, self.name, self.allows_none_damping)
+        self.curvature = check_curvature(curvature) if curvature is not None else None
+        self.objective: Any = None
+        self.mean_eigenvalue_: float | None = None
+
+    # ------------------------------------------------------------------ damping
+    @property
+    def damping(self) -> Any:
+        """``λ`` as configured: a number, ``"auto"``, ``relative(f)`` (or ``None`` = ``"auto"`` where allowed)."""
+        return self._damping
+
+    @damping.setter
+    def damping(self, value: Any) -> None:
+        self._damping = check_damping(value, self.name, self.allows_none_damping)
+        self._damping_changed()
+
+    def _damping_changed(self) -> None:
+        """Hook: drop whatever depends on ``λ`` (a factorisation)."""
+
+    @property
+    def effective_damping(self) -> float:
+        """The absolute ``λ`` in use (a relative damping resolved against the fitted curvature's mean eigenvalue)."""
+        if not is_relative(self._damping):
+            return float(self._damping)
+        if self.mean_eigenvalue_ is None:
+            if self.objective is None:
+                raise WherefromError(f"The {self.name} preconditioner resolves damping={self._damping!r} when "
+                                     "fitted; fit it first.")
+            self.mean_eigenvalue_ = self.objective.trace_estimate() / self.objective.p
+        return resolve_damping(self._damping, self.mean_eigenvalue_)
+
+    # ------------------------------------------------------------------ fitting and solving
+    def fit(self, objective: Any) -> Preconditioner:
         self.objective = objective
+        self.mean_eigenvalue_ = None
         return self
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _require_fit(self) -> TrainingObjective:
+    def _require_fit(self) -> Any:
         if self.objective is None:
             raise WherefromError(f"The {self.name} solver must be fitted before solve(); call fit(objective).")
         return self.objective
 
-    # ------------------------------------------------------------------ persistence (factored solvers)
-    def state_dict(self) -> dict[str, Any]:
-        """The fitted factors as a dict of tensors (solvers that can be saved override this)."""
-        raise WherefromError(f"The {self.name} solver has no factors to save (it works from the objective "
-                             "directly); save/load is available for arnoldi, kfac, ekfac and datainf.")
+    def resolved_curvature(self, default: str) -> str:
+        """The curvature this preconditioner inverts, given the attributor's default."""
+        return self.curvature or default
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover - interface
-        raise WherefromError(f"The {self.name} solver cannot be loaded from saved factors.")
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted factors (tensors and JSON-able values); empty for preconditioners without factors."""
+        return {"mean_eigenvalue": self.mean_eigenvalue_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the space, if needed, is attached separately as ``objective``)."""
+        self.mean_eigenvalue_ = state.get("mean_eigenvalue")
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg["args"]["damping"] = damping_config(self._damping)
+        return cfg
 
     @property
     def saveable(self) -> bool:
-        """Whether this solver's fitted factors can be saved and loaded."""
-        return type(self).state_dict is not Solver.state_dict
+        """Whether this preconditioner's fitted factors are worth saving (it can always be saved)."""
+        return self.has_factors
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
-        """Write the fitted factors (and ``damping``, the solver name, ``meta``) to ``path`` with ``torch.save``."""
-        payload = {"solver": self.name, "damping": self.damping, "state": self.state_dict(), "meta": meta or {}}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        """Write the fitted state (and the name, damping and ``meta``) to one safetensors file at ``path``."""
+        from wherefrom.persist import pack, write_tensors
+
+        tensors: dict[str, torch.Tensor] = {}
+        payload = {"solver": self.name, "damping": damping_config(self._damping),
+                   "state": pack(self.state_dict(), tensors, "state"), "meta": meta or {}}
+        write_tensors(os.fspath(path), tensors, {"wherefrom": json.dumps(payload)})
 
     @staticmethod
     def read(path: str | os.PathLike) -> dict[str, Any]:
-        """The raw saved payload (``solver``, ``damping``, ``state``, ``meta``), read with ``weights_only=True``."""
-        return torch.load(path, map_location="cpu", weights_only=True)
+        """The saved payload (``solver``, ``damping``, ``state``, ``meta``) of :meth:`save`."""
+        from wherefrom.persist import read_tensors, unpack
+
+        tensors, metadata = read_tensors(os.fspath(path))
+        if "wherefrom" not in metadata:
+            raise WherefromError(f"{os.fspath(path)!r} is not a saved wherefrom preconditioner.")
+        payload = json.loads(metadata["wherefrom"])
+        payload["state"] = unpack(payload["state"], tensors)
+        return payload
 
     @classmethod
-    def load(cls, path: str | os.PathLike, objective: TrainingObjective | None = None, **options: Any) -> Solver:
-        """A solver rebuilt from :meth:`save` output without refitting; ``options`` are its constructor options.
-
-        ``objective`` (optional) is attached for solvers that still need it when solving.
-        """
+    def load(cls, path: str | os.PathLike, objective: Any = None, **options: Any) -> Preconditioner:
+        """A preconditioner rebuilt from :meth:`save` output without refitting; ``options`` are its constructor
+        options. ``objective`` (optional) is attached for preconditioners that still need it when solving."""
         payload = cls.read(path)
         solver = make_solver(payload["solver"], payload["damping"], **options)
-        if cls is not Solver and not isinstance(solver, cls):
+        if cls is not Preconditioner and not isinstance(solver, cls):
             raise WherefromError(f"{os.fspath(path)!r} holds a {payload['solver']!r} solver, not {cls.name!r}.")
         solver.load_state_dict(payload["state"])
         solver.objective = objective
         return solver
 
 
-SOLVERS: dict[str, type[Solver]] = {}
+Solver = Preconditioner
+
+SOLVERS: dict[str, type[Preconditioner]] = {}
 
 
 def register_solver(name: str):
-    """Class decorator: make a solver class available to ``InfluenceFunction(solver=name)``."""
+    """Class decorator: make a preconditioner class available by ``name`` (``InfluenceFunction(solver=name)``)."""
 
-    def deco(cls: type[Solver]) -> type[Solver]:
+    def deco(cls: type[Preconditioner]) -> type[Preconditioner]:
         cls.name = name
         SOLVERS[name] = cls
         return cls
@@ -97,9 +165,12 @@ def register_solver(name: str):
     return deco
 
 
-def make_solver(name: str | Solver, damping: float, **options: Any) -> Solver:
-    """Build the solver registered as ``name`` with ``damping`` and its own options (or pass a Solver through)."""
-    if isinstance(name, Solver):
+register_preconditioner = register_solver
+
+
+def make_solver(name: str | Preconditioner, damping: Any = 0.0, **options: Any) -> Preconditioner:
+    """Build the preconditioner registered as ``name`` with ``damping`` and its own options (or pass one through)."""
+    if isinstance(name, Preconditioner):
         return name
     if name not in SOLVERS:
         raise unknown_name("solver", name, list(SOLVERS))
@@ -109,3 +180,6 @@ def make_solver(name: str | Solver, damping: float, **options: Any) -> Solver:
         raise
     except TypeError as exc:
         raise WherefromError(f"Bad options for the {name!r} solver: {exc}") from exc
+
+
+make_preconditioner = make_solver

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
-from wherefrom.curvature.base import Solver, register_solver
+from wherefrom.curvature.base import Preconditioner, register_solver
 from wherefrom.errors import NonPositiveDefiniteError
 from wherefrom.progress import track
 
@@ -14,16 +15,20 @@ log = logging.getLogger(__name__)
 
 
 @register_solver("cg")
-class CGSolver(Solver):
+class CGSolver(Preconditioner):
     """Batched CG: each column of ``V`` gets its own step sizes; all share one HVP call per iteration.
 
     Stops when every relative residual ``‖v − (H+λI)x‖ / ‖v‖`` is below ``tol`` or after ``max_iter`` iterations.
     After ``solve`` the attributes ``residuals_`` (final relative residual of each right-hand side) and
-    ``iterations_`` are set. ``H + λI`` must be positive definite (damp a singular or indefinite Hessian).
+    ``iterations_`` are set. ``H + λI`` must be positive definite (damp a singular or indefinite Hessian). It solves
+    against the space at every call, so it needs the training data after loading (``needs_space``).
     """
 
-    def __init__(self, damping: float = 0.0, max_iter: int = 200, tol: float = 1e-7, progress: bool | None = None):
-        super().__init__(damping)
+    needs_space = True
+
+    def __init__(self, damping: Any = 0.0, max_iter: int = 200, tol: float = 1e-7, progress: bool | None = None,
+                 curvature: str | None = None):
+        super().__init__(damping, curvature)
         self.max_iter = max_iter
         self.tol = tol
         self.progress = progress
@@ -31,7 +36,7 @@ class CGSolver(Solver):
         self.iterations_: int = 0
 
     def _apply(self, X: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().hvp(X) + self.damping * X
+        return self._require_fit().hvp(X) + self.effective_damping * X
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         self._require_fit()
@@ -50,8 +55,8 @@ class CGSolver(Solver):
                 worst = float((dAd / (D[idx] * D[idx]).sum(1)).min())
                 raise NonPositiveDefiniteError(
                     f"CG met negative curvature (dᵀ(C+λI)d / dᵀd = {worst:.3g} at iteration {it}): the damped "
-                    f"curvature is not positive definite with damping {self.damping:g}. Increase damping above the "
-                    "most negative eigenvalue (see wherefrom.curvature.diagnostics), or use a positive "
+                    f"curvature is not positive definite with damping {self.effective_damping:g}. Increase damping "
+                    "above the most negative eigenvalue (see wherefrom.curvature.diagnostics), or use a positive "
                     "semi-definite curvature: InfluenceFunction(..., curvature='ggn')."
                 )
             alpha = rr[idx] / dAd

@@ -10,11 +10,11 @@ found by power iteration. ``repeats`` independent runs are averaged.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
-from wherefrom.curvature.base import Solver, register_solver
-from wherefrom.curvature.objective import TrainingObjective
+from wherefrom.curvature.base import Preconditioner, register_solver
 from wherefrom.errors import NonFiniteGradientError
 from wherefrom.progress import track
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @register_solver("lissa")
-class LissaSolver(Solver):
+class LissaSolver(Preconditioner):
     """LiSSA inverse-HVP, vectorised over all right-hand sides.
 
     Args:
@@ -31,14 +31,17 @@ class LissaSolver(Solver):
         scale_margin: safety factor on the estimated top eigenvalue. seed: mini-batch sampling seed.
         check_residuals: after each solve, measure ``residuals_`` ``= ‖v − (H+λI)x‖/‖v‖`` per right-hand side
             (one batched full-data HVP) and log the largest.
+    It samples mini-batches of the space at every call, so it needs the training data after loading.
     """
 
+    needs_space = True
+
     def __init__(
-        self, damping: float = 0.0, depth: int = 1000, repeats: int = 1, hvp_batch_size: int = 256,
+        self, damping: Any = 0.0, depth: int = 1000, repeats: int = 1, hvp_batch_size: int = 256,
         scale: float | None = None, scale_margin: float = 2.0, seed: int = 0, progress: bool | None = None,
-        check_residuals: bool = True,
+        check_residuals: bool = True, curvature: str | None = None,
     ):
-        super().__init__(damping)
+        super().__init__(damping, curvature)
         self.depth, self.repeats, self.hvp_batch_size = depth, repeats, hvp_batch_size
         self.scale, self.scale_margin, self.seed, self.progress = scale, scale_margin, seed, progress
         self.scale_: float | None = None
@@ -46,12 +49,12 @@ class LissaSolver(Solver):
         self.check_residuals = check_residuals
         self.residuals_: torch.Tensor | None = None
 
-    def fit(self, objective: TrainingObjective) -> LissaSolver:
+    def fit(self, objective: Any) -> LissaSolver:
         super().fit(objective)
         if self.scale is not None:
             self.scale_ = float(self.scale)
         else:
-            top = abs(objective.top_eigenvalue()) + self.damping
+            top = abs(objective.top_eigenvalue()) + self.effective_damping
             self.scale_ = max(self.scale_margin * top, 1e-12)
             log.info("LiSSA scale set to %.4g (top eigenvalue of H + λI ≈ %.4g)", self.scale_, top)
         return self
@@ -59,7 +62,8 @@ class LissaSolver(Solver):
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         obj = self._require_fit()
         s = float(self.scale_)  # type: ignore[arg-type]
-        delta = self.damping / s
+        lam = self.effective_damping
+        delta = lam / s
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         b = min(self.hvp_batch_size, obj.n)
         total = torch.zeros_like(V)
@@ -82,7 +86,14 @@ class LissaSolver(Solver):
             total += h / s
         X = total / self.repeats
         if self.check_residuals:
-            R = V - (obj.hvp(X) + self.damping * X)
+            R = V - (obj.hvp(X) + lam * X)
             self.residuals_ = R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)
             log.info("LiSSA finished; max relative residual %.3g", float(self.residuals_.max()))
         return X
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "scale": self.scale_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.scale_ = state["scale"]

@@ -1,4 +1,4 @@
-"""The training objective and its Hessian-vector products, the one thing every curvature solver needs.
+"""The training objective and its Hessian-vector products: the parameter space of the curvature preconditioners.
 
 ``R(θ) = (1/n) Σ_i ℓ(z_i; θ) + (wd/2)‖θ‖²`` over the task's selected parameters at one checkpoint. Its Hessian
 ``H = ∇²R(θ̂)`` is *mean-reduced*; ``hvp`` aggregates per-batch products over the whole training set before any
@@ -8,7 +8,8 @@ forward-over-reverse ``jvp(grad(·))``.
 ``curvature`` selects the matrix the products are taken with (see :mod:`wherefrom.curvature.gauss_newton`):
 ``"hessian"`` (default), ``"ggn"`` (generalised Gauss-Newton ``(1/n) Σ J_iᵀ Λ_i J_i``), ``"fisher"`` (true Fisher
 with one label per example sampled from the model, seeded) or ``"empirical_fisher"`` (``(1/n) Σ g_i g_iᵀ``), each
-plus ``wd·I``. Every HVP-based solver (explicit, CG, LiSSA, Arnoldi) therefore works with each of them.
+plus ``wd·I``. Every HVP-based solver (explicit, CG, LiSSA, Arnoldi) therefore works with each of them. This class
+is the parameter-space implementation of the curvature-space interface (:mod:`wherefrom.curvature.space`).
 """
 
 from __future__ import annotations
@@ -20,31 +21,38 @@ import torch
 from torch.func import grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader
 
-from wherefrom.curvature.gauss_newton import check_curvature, sample_labels, with_labels
+from wherefrom.batches import batch_loop
+from wherefrom.curvature.gauss_newton import check_curvature
+from wherefrom.curvature.space import CurvatureOperator
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
 from wherefrom.gradients import per_example_grad_fn
-from wherefrom.progress import track
+from wherefrom.sources.full import FullGradients
+from wherefrom.store import FeatureStore
 from wherefrom.task import Task
 
 
-class TrainingObjective:
-    """``R(θ)`` of ``task`` on ``loader`` at the checkpoint ``state``; products with its Hessian.
+class TrainingObjective(CurvatureOperator):
+    """``R(θ)`` of ``task`` on ``loader`` at the checkpoint ``state``; products with its curvature.
 
     Attributes:
         n: number of training examples; p: number of selected parameters; theta: ``θ̂``, ``[p]``.
         vector_chunk: how many vectors one vmapped HVP call handles (bounds memory).
         curvature: ``"hessian"`` | ``"ggn"`` | ``"fisher"`` | ``"empirical_fisher"``: the matrix ``hvp`` uses.
         fisher_seed: seed of the labels sampled for the true Fisher (drawn once, reused by every product).
+        weight_decay: ``wd`` of the objective (default: the task's).
+        features: stored per-example training gradients (read by :meth:`feature_blocks` instead of recomputing).
     """
 
     def __init__(
-        self, task: Task, loader: DataLoader, state: Mapping[str, torch.Tensor], vector_chunk: int = 256,
+        self, task: Task, loader: DataLoader | None, state: Mapping[str, torch.Tensor], vector_chunk: int = 256,
         progress: bool | None = False, curvature: str = "hessian", fisher_seed: int = 0,
+        weight_decay: float | None = None, features: FeatureStore | None = None, source: FullGradients | None = None,
+        n: int | None = None,
     ) -> None:
-        self.task = task
         self.loader = loader
         self.state = dict(state)
-        self.n = dataset_size(loader)
+        self.source = source if source is not None else FullGradients().setup(task)
+        self.n = n if n is not None else dataset_size(self.require_data())
         self.p = task.num_params
         self.theta = task.flat_params(self.state)
         self.vector_chunk = vector_chunk
@@ -52,7 +60,15 @@ class TrainingObjective:
         self.hvp_count = 0  # number of (batch, vector) Hessian-vector products computed, for diagnostics
         self.curvature = check_curvature(curvature)
         self.fisher_seed = fisher_seed
+        self.weight_decay = task.weight_decay if weight_decay is None else float(weight_decay)
+        self.features = features
+        self.fn = None
+        self.c = 0
         self._sampled: torch.Tensor | None = None
+
+    @property
+    def task(self) -> Task:
+        return self.source.task
 
     @property
     def dtype(self) -> torch.dtype:
@@ -70,21 +86,11 @@ class TrainingObjective:
 
         return f
 
-    def sampled_labels(self) -> torch.Tensor:
-        """Labels ``ŷ_i ∼ softmax(f(x_i; θ̂))`` for the true Fisher, ``[n]``, drawn once with ``fisher_seed``."""
-        if self._sampled is None:
-            gen = torch.Generator(device="cpu").manual_seed(self.fisher_seed)
-            parts = []
-            with torch.no_grad(), self.task.attribution_mode():
-                for batch in self.loader:
-                    batch = self.task.prepare_batch(batch)
-                    parts.append(sample_labels(self.task.outputs(self.theta, self.state, batch), gen))
-            self._sampled = torch.cat(parts)
-        return self._sampled
-
     def curvature_batch(self, batch: Any, indices: torch.Tensor) -> Any:
         """The batch as the curvature sees it: with sampled labels for the true Fisher, unchanged otherwise."""
         if self.curvature == "fisher":
+            from wherefrom.curvature.gauss_newton import with_labels
+
             return with_labels(batch, self.sampled_labels()[indices.to(self.sampled_labels().device)])
         return batch
 
@@ -139,45 +145,16 @@ class TrainingObjective:
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
         out = torch.zeros_like(V)
-        start = 0
-        with self.task.attribution_mode():
-            for batch in track(self.loader, "Hessian-vector products", len(self.loader), self.progress):
-                batch = self.task.prepare_batch(batch)
-                size = batch_length(batch)
-                out += self._batch_hvp_sum(V, batch, torch.arange(start, start + size))
-                start += size
-        out = out / self.n + self.task.weight_decay * V
+        for start, batch in batch_loop(self.task, self.require_data(), self.state, check=False, progress=self.progress,
+                                       desc="Hessian-vector products"):
+            size = batch_length(batch)
+            out += self._batch_hvp_sum(V, batch, torch.arange(start, start + size))
+        out = out / self.n + self.weight_decay * V
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay)."""
-        batch = self.task.prepare_batch(collate_indices(self.loader, indices.tolist()))
+        batch = self.task.prepare_batch(collate_indices(self.require_data(), indices.tolist()))
         with self.task.attribution_mode():
             out = self._batch_hvp_sum(V.to(self.dtype), batch, indices)
-        return out / len(indices) + self.task.weight_decay * V
-
-    def dense(self, chunk: int = 256) -> torch.Tensor:
-        """The full ``[p, p]`` Hessian, column block by column block (``p`` HVPs with unit vectors)."""
-        H = torch.empty(self.p, self.p, dtype=self.dtype, device=self.device)
-        eye_cols = range(0, self.p, chunk)
-        for c0 in track(eye_cols, "Hessian columns", len(eye_cols), self.progress):
-            c1 = min(c0 + chunk, self.p)
-            E = torch.zeros(c1 - c0, self.p, dtype=self.dtype, device=self.device)
-            E[torch.arange(c1 - c0), torch.arange(c0, c1)] = 1.0
-            H[c0:c1] = self.hvp(E)
-        return (H + H.T) / 2
-
-    def top_eigenvalue(self, iters: int = 30, seed: int = 0) -> float:
-        """Largest-magnitude eigenvalue of ``H`` by power iteration (used to pick LiSSA's scale)."""
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        v = torch.randn(self.p, generator=gen, dtype=self.dtype).to(self.device)
-        v = v / v.norm()
-        lam = 0.0
-        for _ in range(iters):
-            w = self.hvp(v)
-            lam = float(v @ w)
-            norm = w.norm()
-            if norm == 0:
-                return 0.0
-            v = w / norm
-        return lam
+        return out / len(indices) + self.weight_decay * V

@@ -4,6 +4,7 @@ from wherefrom.data.idx import load_idx_dataset, read_idx
 from wherefrom.data.loaders import as_loader
 from wherefrom.data.shipped import (
     available_subsets,
+    denormalize,
     digits_datasets,
     load_subset,
     mnist_datasets,
@@ -13,6 +14,7 @@ from wherefrom.data.shipped import (
 __all__ = [
     "as_loader",
     "available_subsets",
+    "denormalize",
     "digits_datasets",
     "load_idx_dataset",
     "load_subset",

@@ -67,21 +67,64 @@ def load_subset(name: str = "mnist") -> ImageSubset:
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray, name: str = "mnist", flatten: bool = True,
-               dtype: torch.dtype = torch.float32) -> TensorDataset:
-    """Normalised float images (flattened to ``[n, 784]`` or ``[n, 1, 28, 28]``) and int64 labels as a Dataset."""
-    mean, std = NORMALISATION.get(name, (0.0, 1.0))
-    x = (torch.from_numpy(images.astype(np.float32)) / 255.0 - mean) / std
+               dtype: torch.dtype = torch.float32, standardize: bool = True) -> TensorDataset:
+    """Float images (flattened to ``[n, 784]`` or ``[n, 1, 28, 28]``) and int64 labels as a Dataset.
+
+    ``standardize=True``: ``x = (pixel/255 − mean) / std`` with the full training set's ``NORMALISATION[name]``
+    (unknown names: mean 0, std 1); ``standardize=False``: ``x = pixel/255`` in ``[0, 1]``.
+    """
+    x = torch.from_numpy(images.astype(np.float32)) / 255.0
+    if standardize:
+        mean, std = NORMALISATION.get(name, (0.0, 1.0))
+        x = (x - mean) / std
     x = x.reshape(len(x), -1) if flatten else x.unsqueeze(1)
     return TensorDataset(x.to(dtype), torch.from_numpy(labels.astype(np.int64)))
 
 
 def mnist_datasets(name: str = "mnist", flatten: bool = True, dtype: torch.dtype = torch.float32,
-                   n_train: int | None = None, n_test: int | None = None) -> tuple[TensorDataset, TensorDataset]:
-    """Train and test TensorDatasets of a shipped subset (optionally only the first ``n_train`` / ``n_test``)."""
+                   n_train: int | None = None, n_test: int | None = None, standardize: bool = True,
+                   ) -> tuple[TensorDataset, TensorDataset]:
+    """Train and test TensorDatasets ``(x, y)`` of a shipped subset (optionally the first ``n_train`` / ``n_test``).
+
+    The images are **standardised** by default, as models are usually trained: ``x = (pixel/255 − mean) / std``
+    with the mean and standard deviation of the full training set (``NORMALISATION``: MNIST 0.1307 / 0.3081,
+    Fashion-MNIST 0.2860 / 0.3530), so values lie in about ``[−0.42, 2.82]`` (MNIST) and are not an image a
+    plotting library shows as it is. For displayable images either pass ``standardize=False`` (pixels in
+    ``[0, 1]``) or undo the standardisation of any batch with :func:`denormalize`::
+
+        train, test = mnist_datasets("mnist")
+        plt.imshow(denormalize(train.tensors[0][7], "mnist"), cmap="gray")   # [28, 28] in [0, 1]
+
+    Args:
+        name: ``"mnist"`` or ``"fashion-mnist"`` (see :func:`available_subsets`).
+        flatten: ``x`` of shape ``[n, 784]`` (default) or ``[n, 1, 28, 28]``.
+        dtype: floating dtype of ``x``; labels ``y`` are int64 ``[n]``.
+        standardize: standardise (default) or only scale pixels to ``[0, 1]``.
+    """
     s = load_subset(name)
-    tr = to_tensors(s.train_images[:n_train], s.train_labels[:n_train], name, flatten, dtype)
-    te = to_tensors(s.test_images[:n_test], s.test_labels[:n_test], name, flatten, dtype)
+    tr = to_tensors(s.train_images[:n_train], s.train_labels[:n_train], name, flatten, dtype, standardize)
+    te = to_tensors(s.test_images[:n_test], s.test_labels[:n_test], name, flatten, dtype, standardize)
     return tr, te
+
+
+def denormalize(x: torch.Tensor, name: str = "mnist") -> torch.Tensor:
+    """Displayable images ``[..., 28, 28]`` with values in ``[0, 1]`` from standardised ones.
+
+    Inverts :func:`mnist_datasets`' standardisation, ``pixel/255 = x·std + mean``, and reshapes flattened images
+    (``[..., 784]`` or ``[..., 1, 28, 28]``) to ``[..., 28, 28]``; values are clamped to ``[0, 1]`` against
+    rounding. ``(denormalize(x) * 255).round()`` gives back the original uint8 pixels.
+    """
+    if name not in NORMALISATION:
+        raise unknown_name("data subset", name, list(NORMALISATION))
+    if x.shape[-1] == 784:
+        x = x.reshape(*x.shape[:-1], 28, 28)
+    elif x.shape[-3:] == (1, 28, 28):
+        x = x.squeeze(-3)
+    elif x.shape[-2:] != (28, 28):
+        raise WherefromError(f"denormalize expects images of shape [..., 784], [..., 1, 28, 28] or [..., 28, 28], "
+                             f"got {tuple(x.shape)}.")
+    mean, std = NORMALISATION[name]
+    return (x * std + mean).clamp(0.0, 1.0)
 
 
 def digits_datasets(n_train: int = 1200, dtype: torch.dtype = torch.float64,

@@ -1,6 +1,7 @@
 """Attributors: training-data attribution methods with one protocol (fit / score / self_influence / top_k)."""
 
-from wherefrom.methods.base import Attributor, GradientAttributor
+from wherefrom.methods.base import Attributor
+from wherefrom.methods.composed import ComposedAttributor, GradientAttributor
 from wherefrom.methods.influence import InfluenceFunction
 from wherefrom.methods.knn_shapley import KNNShapley
 from wherefrom.methods.logra import LoGra
@@ -13,6 +14,7 @@ from wherefrom.methods.trak import TRAK
 __all__ = [
     "TRAK",
     "Attributor",
+    "ComposedAttributor",
     "GradCos",
     "GradDot",
     "GradientAttributor",

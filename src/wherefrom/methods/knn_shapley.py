@@ -24,6 +24,7 @@ import torch
 from wherefrom import targets
 from wherefrom.data.loaders import DataLike, as_loader
 from wherefrom.errors import WherefromError
+from wherefrom.execution import Execution, resolve_execution
 from wherefrom.methods.base import Attributor
 from wherefrom.progress import track
 from wherefrom.task import default_input_fn
@@ -59,18 +60,23 @@ class KNNShapley(Attributor):
         k: ``K``, the number of neighbours.
         labels_fn: ``labels_fn(batch) -> Tensor[B]``; default ``batch[1]``.
         batch_size: examples per batch when embedding, and test points per distance block.
+        execution: :class:`~wherefrom.execution.Execution` options (``batch_size``, ``progress`` also accepted).
+
+    Saved state holds the embeddings and labels; ``features_fn`` and ``labels_fn`` are saved by name, so a
+    function defined outside wherefrom must be passed again to ``wf.load(path, features_fn=...)``.
     """
 
     def __init__(self, features_fn: Callable[[Any], torch.Tensor] | None = None, k: int = 5, *,
-                 labels_fn: Callable[[Any], torch.Tensor] | None = None, batch_size: int = 256,
-                 progress: bool | None = None) -> None:
+                 labels_fn: Callable[[Any], torch.Tensor] | None = None, execution: Execution | None = None,
+                 batch_size: int | None = None, progress: bool | None = None) -> None:
         if not isinstance(k, int) or k < 1:
             raise WherefromError(f"k (number of neighbours) must be a positive integer, got {k!r}.")
         self.features_fn = features_fn if features_fn is not None else default_input_fn
         self.labels_fn = labels_fn if labels_fn is not None else targets.labels_of
         self.k = k
-        self.batch_size = batch_size
-        self.progress = progress
+        self.execution = resolve_execution(execution, batch_size=batch_size, progress=progress)
+        self.batch_size = self.execution.batch_size
+        self.progress = self.execution.progress
         self.train_features_: torch.Tensor | None = None
         self.train_labels_: torch.Tensor | None = None
 
@@ -97,6 +103,13 @@ class KNNShapley(Attributor):
     def _require_fit(self) -> None:
         if self.train_features_ is None:
             raise WherefromError("KNNShapley is not fitted: call fit(train) first.")
+
+    def _fitted_state(self, directory: str) -> dict[str, Any]:
+        self._require_fit()
+        return {"features": self.train_features_, "labels": self.train_labels_}
+
+    def _restore_fitted(self, state: dict[str, Any], *, directory: str, train: Any = None) -> None:
+        self.train_features_, self.train_labels_ = state["features"], state["labels"]
 
     def score(self, test: DataLike) -> torch.Tensor:
         """KNN-Shapley values ``[n_train, n_test]``: column ``j`` holds the values for test point ``j``."""

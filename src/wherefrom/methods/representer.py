@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,19 +32,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wherefrom import targets
+from wherefrom.batches import batch_loop
 from wherefrom.data.loaders import DataLike, as_loader
 from wherefrom.errors import WherefromError
+from wherefrom.execution import Execution, resolve_execution
+from wherefrom.layers import last_linear_layer, param_name
 from wherefrom.methods.base import Attributor
-from wherefrom.progress import track
 from wherefrom.task import Task
 
-
-def last_linear_layer(model: nn.Module) -> str:
-    """Name of the last ``nn.Linear`` module of ``model`` (in ``named_modules`` order)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise WherefromError("The model has no nn.Linear layer; pass last_layer= naming the final linear layer.")
-    return names[-1]
+__all__ = ["RepresenterPoints", "last_layer_features_fn", "last_linear_layer"]
 
 
 def last_layer_features_fn(task: Task, last_layer: str | None = None):
@@ -85,12 +82,14 @@ class RepresenterPoints(Attributor):
         max_iter: L-BFGS iterations for the fine-tuning; tol: stop when ``‖∇J‖_max`` falls below it.
         newton_max_params: when ``Θ`` has at most this many entries, up to 3 exact Newton steps follow L-BFGS so
             that the stationary point (and the representer theorem) holds to machine precision.
+        execution: :class:`~wherefrom.execution.Execution` options (``batch_size``, ``progress`` also accepted).
     """
 
     def __init__(
         self, task: Task, last_layer: str | None = None, *, l2: float = 0.003, labels: str = "model",
         class_of_interest: str = "label", normalize: bool = False, max_iter: int = 1000, tol: float = 1e-10,
-        newton_max_params: int = 4096, batch_size: int = 256, progress: bool | None = None,
+        newton_max_params: int = 4096, execution: Execution | None = None, batch_size: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         if l2 <= 0:
             raise WherefromError(f"l2 must be > 0 (the representer theorem needs it), got {l2}.")
@@ -110,8 +109,9 @@ class RepresenterPoints(Attributor):
         self.max_iter = max_iter
         self.tol = tol
         self.newton_max_params = newton_max_params
-        self.batch_size = batch_size
-        self.progress = progress
+        self.execution = resolve_execution(execution, batch_size=batch_size, progress=progress)
+        self.batch_size = self.execution.batch_size
+        self.progress = self.execution.progress
         self.theta_: torch.Tensor | None = None
         self.alpha_: torch.Tensor | None = None
         self.features_: torch.Tensor | None = None
@@ -132,9 +132,9 @@ class RepresenterPoints(Attributor):
 
         handle = module.register_forward_hook(hook)
         try:
-            with torch.no_grad(), self.task.attribution_mode():
-                for batch in track(loader, f"{what} features", len(loader), self.progress):
-                    batch = self.task.prepare_batch(batch)
+            with torch.no_grad():
+                for _, batch in batch_loop(self.task, loader, state, check=False, desc=f"{what} features",
+                                           progress=self.progress):
                     self.task.outputs(flat, state, batch)
                     if seen["f"].dim() != 2:
                         raise WherefromError(f"The input of {self.last_layer!r} must be [B, d]; got "
@@ -172,8 +172,8 @@ class RepresenterPoints(Attributor):
         y = F.softmax(logits, dim=1) if self.labels == "model" else F.one_hot(labels, logits.shape[1]).to(f.dtype)
         module = dict(self.task.model.named_modules())[self.last_layer]
         state = self.task.state(None)
-        W = state[f"{self.last_layer}.weight"].to(torch.float64)
-        theta0 = torch.cat([W, state[f"{self.last_layer}.bias"].to(torch.float64)[:, None]], 1) \
+        W = state[param_name(self.last_layer, "weight")].to(torch.float64)
+        theta0 = torch.cat([W, state[param_name(self.last_layer, "bias")].to(torch.float64)[:, None]], 1) \
             if module.bias is not None else W
         theta = theta0.clone().requires_grad_(True)
         opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
@@ -207,6 +207,15 @@ class RepresenterPoints(Attributor):
         self.features_ = f
         self.train_labels_ = labels
         return self
+
+    def _fitted_state(self, directory: str) -> dict[str, Any]:
+        self._require_fit()
+        return {"theta": self.theta_, "alpha": self.alpha_, "features": self.features_,
+                "train_labels": self.train_labels_, "grad_norm": self.grad_norm_}
+
+    def _restore_fitted(self, state: dict[str, Any], *, directory: str, train: Any = None) -> None:
+        self.theta_, self.alpha_, self.features_ = state["theta"], state["alpha"], state["features"]
+        self.train_labels_, self.grad_norm_ = state["train_labels"], state["grad_norm"]
 
     def _require_fit(self) -> None:
         if self.theta_ is None:

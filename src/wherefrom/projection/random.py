@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from wherefrom.configurable import Configurable
 from wherefrom.errors import WherefromError, unknown_name
 
 PROJECTION_KINDS = ("gaussian", "rademacher", "sparse")
@@ -50,8 +51,11 @@ def seeded_generator(device: torch.device | str, *keys: int | str) -> torch.Gene
     return gen
 
 
-class Projection:
-    """Interface: ``project(block [B, p], checkpoint_index) -> [B, k]``, a linear map applied row by row."""
+class Projection(Configurable):
+    """Interface: ``project(block [B, p], checkpoint_index) -> [B, k]``, a linear map applied row by row.
+
+    A projection is described by its constructor arguments (:meth:`config`), which name it in saved state and
+    cache keys."""
 
     dim: int
 

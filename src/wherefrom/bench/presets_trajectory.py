@@ -1,4 +1,4 @@
-"""Registrations of the trajectory methods (HYDRA) in :mod:`wherefrom.registry` (imported lazily by the registry).
+"""Benchmark presets of the trajectory methods (HYDRA), registered like those of :mod:`wherefrom.bench.presets`.
 
 - ``hydra``: exact HYDRA (the Hessian of every step's batch loss at its pre-step parameters), reverse engine:
   every training example, one adjoint per test target, ``targets_per_pass=128`` targets per pass;
@@ -12,27 +12,31 @@ model is the end of a minibatch run (``sgd`` and ``trajectory`` recipes) provide
 
 from __future__ import annotations
 
+from typing import Any
+
+from wherefrom.bench.presets import Preset
 from wherefrom.errors import WherefromError
 from wherefrom.methods.hydra import HYDRA
-from wherefrom.registry import MethodContext, register_method
+from wherefrom.registry import MethodContext
 
 
-def _hydra(hessian: bool, engine: str):
-    def factory(ctx: MethodContext) -> HYDRA:
+def _hydra(hessian: bool):
+    def build(ctx: MethodContext, opts: dict[str, Any]) -> HYDRA:
         run = ctx.recorded_run() if ctx.recorded_run is not None else None
         if run is None:
             raise WherefromError("HYDRA differentiates the recorded training run, but this benchmark setting's "
                                  "reference model is not the end of a recorded minibatch run (e.g. an exact "
-                                 "optimum). Use a setting with an sgd or trajectory recipe.")
-        opts = {"targets_per_pass": 128, "engine": engine, **ctx.options}
+                                 "optimum). Use a setting with an sgd or trajectory recipe, e.g. mnist-mlp-sgd.")
         return HYDRA(ctx.task, run, hessian=hessian, **opts)
 
-    return factory
+    return build
 
 
-register_method("hydra", "HYDRA: exact hypergradients through the recorded run (reverse engine, all examples)")(
-    _hydra(True, "reverse"))
-register_method("hydra-approx", "HYDRA without the Hessian term (reverse engine, all examples)")(
-    _hydra(False, "reverse"))
-register_method("hydra-lean", "HYDRA without the Hessian term, lean two-scalar accumulator (SGD runs)")(
-    _hydra(False, "lean"))
+PRESETS: dict[str, Preset] = {p.name: p.register() for p in [
+    Preset("hydra", "HYDRA: exact hypergradients through the recorded run (reverse engine, all examples)",
+           _hydra(True), {"engine": "reverse", "targets_per_pass": 128}),
+    Preset("hydra-approx", "HYDRA without the Hessian term (reverse engine, all examples)",
+           _hydra(False), {"engine": "reverse", "targets_per_pass": 128}),
+    Preset("hydra-lean", "HYDRA without the Hessian term, lean two-scalar accumulator (SGD runs)",
+           _hydra(False), {"engine": "lean", "targets_per_pass": 128}),
+]}

@@ -1,0 +1,229 @@
+"""Contextual decomposition: completeness at every node, closed forms, masks, rules and errors."""
+
+import itertools
+import operator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import wherefrom as wf
+from features_models import (
+    EveryRuleCNN,
+    EveryRuleLSTM,
+    forward_values,
+    randomise_batchnorm,
+    worst_completeness_error,
+)
+from wherefrom.features import Decomposer, DecompositionError, MissingRuleError, cd, register_rule, unregister_rule
+from wherefrom.features.propagate import repeat_input
+from wherefrom.features.shapley import relevant_first, shapley_three, shapley_two
+
+D = torch.float64
+
+
+def _check_every_node(model, x, masks):
+    dec = Decomposer(model)
+    recorded = dec.trace_nodes(x, masks)
+    forward = forward_values(model, dec.graph, repeat_input(x, masks.shape[0]))
+    worst, count = worst_completeness_error(recorded, forward)
+    assert count >= 10
+    assert worst < 1e-8, worst
+    return dec
+
+
+def test_completeness_at_every_node_cnn_with_batchnorm_pooling_residual():
+    model = randomise_batchnorm(EveryRuleCNN().to(D))
+    x = torch.randn(3, 2, 10, 10, dtype=D)
+    masks = (torch.rand(6, 1, 1, 10, 10, dtype=D) > 0.5).to(D)
+    masks[4] = torch.rand(1, 1, 10, 10, dtype=D)                # fractional mask
+    masks[5, :, :, 3:6, 2:8] = 1.0
+    dec = _check_every_node(model, x, masks)
+    rel, irrel = dec.decompose(x, masks)
+    assert rel.shape == (6, 3, 5)
+    torch.testing.assert_close(rel + irrel, model(x).detach().expand(6, 3, 5), atol=1e-10, rtol=0)
+    names = {n.target for n in dec.graph.nodes if n.op == "call_module"}
+    assert {"bn", "pool", "block.bn1", "adapt", "conv1d", "bn1d", "drop", "flat", "leaky", "tanh"} <= names
+
+
+@pytest.mark.parametrize("batch_first,bidirectional", [(True, False), (False, False), (True, True)])
+def test_completeness_at_every_node_multilayer_lstm(batch_first, bidirectional):
+    model = EveryRuleLSTM(batch_first, bidirectional).to(D).eval()
+    ids = torch.randint(0, 30, (2, 7))
+    masks = torch.zeros(4, 1, 7, dtype=D)
+    masks[0, 0, 3] = 1
+    masks[1, 0, 1:5] = 1
+    masks[2] = torch.rand(1, 7, dtype=D)
+    _check_every_node(model, ids, masks)
+
+
+def test_many_masks_in_one_pass_equal_one_mask_at_a_time_and_chunking():
+    model = randomise_batchnorm(EveryRuleCNN().to(D))
+    x = torch.randn(2, 2, 10, 10, dtype=D)
+    masks = (torch.rand(5, 2, 1, 10, 10) > 0.5).to(D)           # per-example masks [M, B, 1, H, W]
+    together = cd(model, x, masks)
+    chunked = cd(model, x, masks, batch_size=3)
+    for m in range(5):
+        alone = cd(model, x, masks[m])
+        torch.testing.assert_close(together.rel[m], alone.rel, atol=1e-12, rtol=0)
+        torch.testing.assert_close(chunked.irrel[m], alone.irrel, atol=1e-12, rtol=0)
+
+
+def test_linear_model_closed_form_of_the_bias_split():
+    torch.manual_seed(3)
+    lin = nn.Linear(6, 4).to(D)
+    x = torch.randn(5, 6, dtype=D)
+    s = torch.tensor([1, 0, 1, 1, 0, 0], dtype=D)
+    w, b = lin.weight.detach(), lin.bias.detach()
+    ws, wc = (x * s) @ w.T, (x * (1 - s)) @ w.T
+    expected = ws + b * ws.abs() / (ws.abs() + wc.abs())       # Part D 2, elementwise per output unit
+    rel, _irrel = cd(lin, x, s)
+    torch.testing.assert_close(rel, expected, atol=1e-12, rtol=0)
+    # a single affine layer: CD(S) + CD(S^c) = f(x), the two bias shares add up to b
+    torch.testing.assert_close(rel + cd(lin, x, 1 - s).rel, lin(x).detach(), atol=1e-12, rtol=0)
+    # b = 0: CD(S) = W x_S exactly and CD is additive over disjoint groups
+    lin.bias.data.zero_()
+    groups = [torch.tensor(g, dtype=D) for g in ([1, 0, 0, 0, 1, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 1])]
+    parts = [cd(lin, x, g).rel for g in groups]
+    torch.testing.assert_close(parts[0], (x * groups[0]) @ w.T, atol=1e-12, rtol=0)
+    torch.testing.assert_close(sum(parts), lin(x).detach(), atol=1e-12, rtol=0)
+
+
+def test_full_and_empty_masks_as_documented():
+    cnn = randomise_batchnorm(EveryRuleCNN().to(D))
+    x = torch.randn(2, 2, 10, 10, dtype=D)
+    full = cd(cnn, x, torch.ones(10, 10, dtype=D))
+    assert torch.equal(full.rel, cnn(x).detach()) and torch.equal(full.irrel, torch.zeros_like(full.irrel))
+    assert torch.equal(cd(cnn, x, torch.zeros(10, 10, dtype=D)).rel, torch.zeros(2, 5, dtype=D))
+    lstm = EveryRuleLSTM(True).to(D).eval()
+    ids = torch.randint(0, 30, (2, 7))
+    torch.testing.assert_close(cd(lstm, ids, torch.ones(2, 7)).rel, lstm(ids).detach(), atol=1e-12, rtol=0)
+    assert float(cd(lstm, ids, torch.zeros(2, 7)).rel.abs().max()) < 1e-12
+
+
+def test_relevant_share_ties_follow_the_empty_part():
+    # a unit where both parts are exactly 0 (dead receptive field): half each, unless one input part is empty
+    lin = nn.Linear(3, 1).to(D)
+    lin.weight.data[:] = torch.tensor([[1.0, 0.0, 0.0]], dtype=D)
+    x = torch.tensor([[0.0, 5.0, 3.0]], dtype=D)                # W x_S = W x_Sc = 0 for these masks
+    bias = lin.bias.item()
+    assert float(cd(lin, x, torch.tensor([0.0, 1.0, 0.0], dtype=D)).rel) == pytest.approx(bias / 2)
+    assert float(cd(lin, x, torch.tensor([1.0, 1.0, 1.0], dtype=D)).rel) == pytest.approx(bias)
+    assert float(cd(lin, x, torch.tensor([0.0, 0.0, 0.0], dtype=D)).rel) == 0.0
+
+
+def _shapley(v, players, first=()):
+    """Brute-force Shapley value over the orderings that start with ``first``."""
+    rest = [p for p in players if p not in first]
+    values = {p: 0.0 for p in players}
+    orders = [tuple(first) + o for o in itertools.permutations(rest)]
+    for order in orders:
+        seen = set()
+        for p in order:
+            values[p] += v(seen | {p}) - v(seen)
+            seen = seen | {p}
+    return {p: values[p] / len(orders) for p in players}
+
+
+def test_shapley_identities_of_the_two_and_three_player_rules():
+    a, b, c = (torch.randn(20, dtype=D) for _ in range(3))
+    tanh_parts = shapley_two(torch.tanh, a, b)
+    phi = _shapley(lambda S: torch.tanh(sum((dict(a=a, b=b)[p] for p in S), torch.zeros_like(a))), "ab")
+    torch.testing.assert_close(tanh_parts.rel, phi["a"], atol=1e-14, rtol=0)
+    torch.testing.assert_close(tanh_parts.irrel, phi["b"], atol=1e-14, rtol=0)
+    swapped = shapley_two(torch.tanh, b, a)
+    torch.testing.assert_close(swapped.rel, tanh_parts.irrel, atol=1e-14, rtol=0)
+    sig = shapley_two(torch.sigmoid, a, b)                       # f(0) = ½ must not be lost
+    torch.testing.assert_close(sig.rel + sig.irrel, torch.sigmoid(a + b), atol=1e-14, rtol=0)
+    # three players, bias first: the Shapley value over the orders (c, a, b) and (c, b, a)
+    share_a, share_b, share_c = shapley_three(torch.sigmoid, a, b, c)
+    terms = dict(a=a, b=b, c=c)
+    phi3 = _shapley(lambda S: torch.sigmoid(sum((terms[p] for p in S), torch.zeros_like(a))) if S else
+                    torch.zeros_like(a), "abc", first="c")
+    torch.testing.assert_close(share_a, phi3["a"], atol=1e-14, rtol=0)
+    torch.testing.assert_close(share_b, phi3["b"], atol=1e-14, rtol=0)
+    torch.testing.assert_close(share_c, phi3["c"], atol=1e-14, rtol=0)
+    torch.testing.assert_close(share_a + share_b + share_c, torch.sigmoid(a + b + c), atol=1e-14, rtol=0)
+    sb, sa, _ = shapley_three(torch.sigmoid, b, a, c)
+    torch.testing.assert_close((sa, sb), (share_a, share_b), atol=1e-14, rtol=0)
+    # the ReLU rule is asymmetric by design: swapping the parts does not swap the outputs
+    one, minus_two = torch.tensor([1.0], dtype=D), torch.tensor([-2.0], dtype=D)
+    first = relevant_first(torch.relu, one, minus_two)
+    second = relevant_first(torch.relu, minus_two, one)
+    assert (float(first.rel), float(first.irrel)) == (1.0, -1.0)
+    assert (float(second.rel), float(second.irrel)) == (0.0, 0.0)
+
+
+class WithLayerNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+class WithExp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x) * 2.0
+
+
+def test_an_op_without_a_rule_raises_naming_the_op_and_the_node():
+    x = torch.randn(2, 4)
+    with pytest.raises(MissingRuleError, match=r"LayerNorm.*'norm'"):
+        cd(WithLayerNorm().eval(), x, torch.ones(4))
+    with pytest.raises(MissingRuleError, match=r"torch\.exp.*graph node 'exp'"):
+        cd(WithExp(), x, torch.ones(4))
+    assert issubclass(MissingRuleError, wf.WherefromError)
+
+
+def test_register_rule_adds_an_op_and_a_module_type():
+    from wherefrom.features import Parts
+    from wherefrom.features.shapley import shapley_two as two
+
+    register_rule(torch.exp, lambda x: two(torch.exp, x.rel, x.irrel))
+    try:
+        x = torch.randn(2, 4, dtype=D)
+        rel, irrel = cd(WithExp(), x, torch.tensor([1.0, 0, 1, 0], dtype=D))
+        torch.testing.assert_close(rel + irrel, 2 * torch.exp(x), atol=1e-12, rtol=0)
+    finally:
+        unregister_rule(torch.exp)
+
+    class Doubler(nn.Module):                  # untraceable forward: a leaf once it has a rule
+        def forward(self, x):
+            return x * 2 if bool(x.sum() > -1e9) else x
+
+    register_rule(Doubler, lambda module, x: Parts(2 * x.rel, 2 * x.irrel))
+    try:
+        model = nn.Sequential(nn.Linear(3, 3), Doubler()).to(D)
+        rel, irrel = cd(model, torch.randn(2, 3, dtype=D), torch.tensor([1.0, 0, 0], dtype=D))
+        assert rel.shape == (2, 3)
+    finally:
+        unregister_rule(Doubler)
+    with pytest.raises(DecompositionError, match="could not trace"):
+        cd(nn.Sequential(nn.Linear(3, 3), Doubler()), torch.randn(2, 3), torch.ones(3))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = randomise_batchnorm(EveryRuleCNN())
+    x = torch.randn(2, 2, 10, 10)
+    with pytest.raises(DecompositionError, match="does not broadcast"):
+        cd(model, x, torch.ones(7, 10))
+    with pytest.raises(DecompositionError, match="training mode"):
+        cd(model.train(), x, torch.ones(10, 10))
+    with pytest.raises(MissingRuleError, match="product of two input-dependent"):
+        cd(_Square(), torch.randn(2, 3), torch.ones(3))
+
+
+class _Square(nn.Module):
+    def forward(self, x):
+        return operator.mul(x, x)
+
+
+def test_cd_runs_on_the_data_device_and_keeps_dtype():
+    model = nn.Sequential(nn.Linear(3, 2)).to(D)
+    x = torch.randn(4, 3, dtype=D)
+    rel, _irrel = cd(model, x, np.array([1, 0, 1]))
+    assert rel.dtype == D and rel.device == x.device
