@@ -117,6 +117,9 @@ def test_trajectory_from_another_model_is_refused():
 def test_engine_configuration_errors():
     model, traj = _recorded()
     task = wf.Task(model)
+    assert wf.HYDRA(task, traj).engine_ == "reverse"  # auto: every example, exact
+    assert wf.HYDRA(task, traj, hessian=False).engine_ == "reverse"
+    assert wf.HYDRA(task, traj, track=[0, 1]).engine_ == "forward"
     with pytest.raises(wf.WherefromError, match="track="):
         wf.HYDRA(task, traj, engine="reverse", track=[0, 1])
     with pytest.raises(wf.WherefromError, match="hessian=False"):

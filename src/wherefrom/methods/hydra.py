@@ -69,8 +69,8 @@ class HYDRA(Attributor):
         checkpoint_every: forward engine with ``cache_dir``: save the running tangents every this many steps.
         verify: check every step's recomputed gradient against the recorded one in ``fit`` (one batch gradient
             per step, about one training run of compute).
-        check_tol / replay_tol: relative tolerances of that check and of the lean engine's replay
-            (defaults: 1e-8 / 1e-6 in float64, 1e-4 / 1e-2 otherwise).
+        check_tol: relative tolerance of that check (default: 1e-8 in float64, 1e-4 otherwise).
+        replay_tol: relative tolerance of the lean engine's replay (default: 1e-6 in float64, 1e-2 otherwise).
         seed: seed of the stratified tracking draw.
         progress: show progress bars (``None``: the library default).
     """

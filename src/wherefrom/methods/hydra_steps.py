@@ -113,7 +113,9 @@ class StepEvaluator:
     avoids scattering every gradient into a flat ``[p]`` buffer; results are returned flat.
 
     Args:
-        task, trajectory, loader: the attributed task, the recorded run and the (ordered) training data.
+        task: the attributed task.
+        trajectory: the recorded run.
+        loader: the (ordered) training data.
         grad_block: examples per block of per-example gradients.
         hvp_chunk: vectors per vmapped Hessian-vector product.
         check_tol: relative tolerance of the gradient check (``None``: :func:`default_check_tol`).
