@@ -60,7 +60,7 @@ def _schedule_svg(points: list[list[float]], steps: int, width: int = 480, heigh
             f'stroke-width="1.5" points="{xy}"/></svg>')
 
 
-@register_panel("training-run", "The recorded training run", order=15)
+@register_panel("training-run", "The recorded training run", order=35)
 def build(data) -> dict[str, Any] | None:
     run = data.config.get("training_run")
     r = data.attribution
