@@ -92,3 +92,12 @@ def test_reporting_defaults_do_not_enter_the_cache_key():
     assert "loo_default" not in s.spec() and "lds_fractions" not in s.spec()
     assert s.replace(loo_default=5, lds_fractions=(0.5,)).key() == s.key()
     assert get_setting("mnist-mlp-sgd-tanh").key() != s.key()
+
+
+def test_lds_fractions_outside_zero_one_are_refused(tmp_path):
+    from wherefrom.bench.runner import run_benchmark
+
+    with np.testing.assert_raises_regex(wf.WherefromError, "kept fractions in"):
+        run_benchmark(_tiny(), ["grad-dot"], ["lds"], fraction=[0.99, 1.5], cache_dir=str(tmp_path))
+    res = CliRunner().invoke(app, ["bench", "mnist-mlp-sgd", "--fraction", "0.5,x", "--methods", "grad-dot"])
+    assert res.exit_code == 2 and "--fraction" in res.output
