@@ -18,7 +18,8 @@ OPTIONS = {
     "rps": {"max_iter": 50}, "knn-shapley": {"k": 3},
     **{name: {"proj_dim": 8} for name in ("trak", "trak-1", "tracin-proj", "grad-dot-proj", "if-proj")},
 }
-PRESETS = [name for name in method_names() if name not in ("trak-10", "trak-50")]
+# HYDRA presets need a recorded training run, which these contexts lack (tests/test_hydra_*.py cover them).
+PRESETS = [name for name in method_names() if name not in ("trak-10", "trak-50") and not name.startswith("hydra")]
 
 
 def _context(problem, name):

@@ -47,7 +47,9 @@ def _self(att):
         return None
 
 
-@pytest.mark.parametrize("name", [n for n in method_names() if n not in ("trak-10", "trak-50")])
+# HYDRA presets need a recorded training run, which this context lacks (tests/test_hydra_*.py cover them).
+@pytest.mark.parametrize("name", [n for n in method_names()
+                                  if n not in ("trak-10", "trak-50") and not n.startswith("hydra")])
 def test_save_load_score_is_bit_for_bit(tmp_path, name):
     model, train, test = _problem()
     ctx = _context(model, OPTIONS.get(name, {}))

@@ -50,12 +50,14 @@ from wherefrom.methods import (
     RepresenterPoints,
     TracInCP,
 )
+from wherefrom.methods.hydra import HYDRA
 from wherefrom.persist import load
 from wherefrom.progress import set_progress
 from wherefrom.projection import RandomProjection
 from wherefrom.ranking import top_k
 from wherefrom.store import TopK
 from wherefrom.task import Task
+from wherefrom.trajectory import Trajectory, TrajectoryRecorder
 
 __version__ = "0.1.0"
 
@@ -73,6 +75,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "HYDRA",
     "TRAK",
     "ArgumentError",
     "Attributor",
@@ -106,6 +109,8 @@ __all__ = [
     "Task",
     "TopK",
     "TracInCP",
+    "Trajectory",
+    "TrajectoryRecorder",
     "UnknownNameError",
     "WherefromError",
     "curvature",

@@ -41,6 +41,16 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _parse_fractions(text: str | None) -> list[float] | None:
+    """``"0.99,0.5"`` → ``[0.99, 0.5]`` (``None``: the setting's default)."""
+    if not text:
+        return None
+    try:
+        return [float(f) for f in text.split(",") if f.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--fraction must be comma-separated numbers, got {text!r}.") from exc
+
+
 def print_list() -> None:
     """Settings, methods, metrics, and the rough cost table."""
     from wherefrom.bench import SETTINGS
@@ -87,7 +97,8 @@ def bench(
     n_test: int | None = typer.Option(None, help="Use only the first n test examples."),
     loo_first: int | None = typer.Option(None, help="LOO ground truth for the first n train points only."),
     subsets: int = typer.Option(100, help="LDS subsets M."),
-    fraction: float = typer.Option(0.5, help="LDS subset fraction α."),
+    fraction: str | None = typer.Option(None, help="LDS subset fraction(s) α kept, comma-separated (default: the "
+                                        "setting's: 0.5, or 0.99,0.5 for the trajectory settings)."),
     ensemble_size: int | None = typer.Option(
         None, help="Independently trained models offered to ensemble methods (TRAK-M). Default: as many as the "
                    "methods need (trak-M: M), at least 5; trained once and cached."),
@@ -133,9 +144,10 @@ def bench(
     try:
         s = get_setting(setting, **overrides)
         loo_indices = list(range(loo_first)) if loo_first is not None else None
+        fractions = _parse_fractions(fraction)
         result = run_benchmark(
             s, methods, metrics, cache_dir=cache_dir, workers=workers, loo_indices=loo_indices,
-            n_subsets=subsets, fraction=fraction, ensemble_size=ensemble_size, noise=noise, target=target,
+            n_subsets=subsets, fraction=fractions, ensemble_size=ensemble_size, noise=noise, target=target,
             options=parse_options(option), progress=progress, log=log, out_dir=out, resume=not fresh,
             on_row=print_row, command=shlex.join(["wherefrom", *sys.argv[1:]]),
         )

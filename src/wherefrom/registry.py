@@ -24,7 +24,7 @@ from wherefrom.errors import unknown_name
 from wherefrom.task import Checkpoint, Task
 
 #: modules whose import registers the built-in method presets.
-PRESET_MODULES = ("wherefrom.bench.presets",)
+PRESET_MODULES = ("wherefrom.bench.presets", "wherefrom.bench.presets_trajectory")
 
 
 @dataclass
@@ -40,6 +40,8 @@ class MethodContext:
         last_layer: name of the final linear layer (representer points).
         options: method options given by the user (e.g. ``damping``), passed to the method's constructor.
         seed: seed for randomised methods.
+        recorded_run: ``recorded_run() -> Trajectory | None``, the reference run recorded step by step (trajectory
+            methods such as HYDRA), or ``None`` when the setting has none.
     """
 
     task: Task
@@ -50,6 +52,7 @@ class MethodContext:
     last_layer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    recorded_run: Callable[[], Any] | None = None
 
 
 @dataclass

@@ -27,7 +27,7 @@ def plot_result(result: BenchResult, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = result.rows
-    keys = [(label, key) for m in result.metrics for label, key in result.METRIC_COLUMNS[m] if m != "brittle"]
+    keys = [(label, key) for m in result.metrics for label, key in result.metric_columns(m) if m != "brittle"]
     n = max(1, len(rows))
     fig, (ax, axt) = plt.subplots(2, 1, figsize=(max(7.0, 0.9 * n * max(1, len(keys)) / 2 + 4), 6.5), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.6]})
@@ -37,11 +37,12 @@ def plot_result(result: BenchResult, path: str) -> None:
     for k, (label, key) in enumerate(keys):
         vals = np.array([r.value(key) for r in rows], dtype=float)
         err = None
-        if key == "lds":
-            err = np.array([_half_width(r) for r in rows], dtype=float)
-        ax.bar(x + offsets[k], np.nan_to_num(vals), width, label=label + (" (95% CI)" if key == "lds" else ""),
+        is_lds = result.metric_of(key) == "lds"
+        if is_lds:
+            err = np.array([_half_width(r, key) for r in rows], dtype=float)
+        ax.bar(x + offsets[k], np.nan_to_num(vals), width, label=label + (" (95% CI)" if is_lds else ""),
                yerr=None if err is None else np.nan_to_num(err), capsize=3 if err is not None else 0)
-        metric = result.METRIC_OF[key]
+        metric = result.metric_of(key)
         for i, r in enumerate(rows):
             if r.error is None and metric in r.metric_errors:
                 ax.text(x[i] + offsets[k], 0, "×", color=FAILED, ha="center", va="bottom", fontsize=14,
@@ -85,8 +86,8 @@ def plot_result(result: BenchResult, path: str) -> None:
     plt.close(fig)
 
 
-def _half_width(r) -> float:
-    v = r.metrics.get("lds")
+def _half_width(r, key: str = "lds") -> float:
+    v = r.metrics.get(key)
     if not isinstance(v, dict) or not v.get("ci") or None in v["ci"]:
         return math.nan
     return (float(v["ci"][1]) - float(v["ci"][0])) / 2

@@ -5,6 +5,7 @@ Layout under the cache root (``$WHEREFROM_CACHE``, default ``~/.cache/wherefrom`
     <setting.name>/<setting.key()>/
         setting.json                      the spec that produced everything below
         reference.pt                      final state, per-epoch trajectory, learning rates
+        trajectory.zarr/                  (sgd and trajectory settings) every optimizer step of the reference run
         hinv.npy                          (LR) inverse Hessian at the optimum, the retraining preconditioner
         loo-<key>/shard-00000.pt ...      LOO outputs, one file per shard of retrained models
         lds-<key>/shard-00000.pt ...      LDS outputs
@@ -23,6 +24,12 @@ Ground truth conventions (see ``docs/evaluation.md``):
 - LDS subset ``s`` is ``⌊α·n⌋`` positions drawn by ``default_rng(seed + s)``; its model is trained on the subset
   alone (objective normalised by ``|S|``; MLPs use training seed ``recipe.seed + 1 + s``). ``goodness`` is
   ``−loss`` (or the margin) of each subset model.
+- Trajectory settings (recipe kind ``"trajectory"``) retrain *the same run* instead (same initialisation, batch
+  order and schedule) with the removed examples' loss weights set to 0 and the batch mean still over the real batch
+  size (:mod:`wherefrom.bench.weighted`, all models of a shard as one batched model): LOO row ``r`` zeroes
+  ``indices[r]``; LDS subset ``s`` keeps its ``⌊α·n⌋`` positions (drop fraction ``1 − α``) and zeroes the rest.
+  Each shard also retrains the unweighted run and records its largest test-loss difference from the reference
+  model (``info["base_max_abs_diff"]``, round-off only).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import numpy as np
 import torch
 
 from wherefrom.bench import train as tr
+from wherefrom.bench import weighted
 from wherefrom.bench.settings import Setting, get_setting
 from wherefrom.errors import WherefromError
 from wherefrom.progress import track
@@ -142,7 +150,12 @@ def _run_shard(spec: dict, root: str, kind: str, rows: list, seeds: list, path: 
         for k, sub in enumerate(rows):
             masks[k, torch.as_tensor(sub)] = 1.0
     info = {}
-    if setting.is_lr:
+    if setting.recipe.kind == "trajectory":
+        out_all = weighted.weighted_outputs(setting, train, test, torch.cat([torch.ones(1, n), masks]))
+        ref_loss = tr.model_outputs(setting, [ref_state], test).loss[0]
+        info = {"base_max_abs_diff": float((out_all.loss[0] - ref_loss).abs().max())}
+        out = tr.Outputs(out_all.loss[1:], out_all.margin[1:], out_all.pred[1:])
+    elif setting.is_lr:
         denom = torch.full((len(rows),), float(n)) if kind == "loo" else masks.sum(1)
         removed = torch.as_tensor(rows) if kind == "loo" else None
         W, sinfo = tr.retrain_lr(setting, train, ref_state, hinv, masks, denom, loo_removed=removed)
@@ -221,7 +234,8 @@ class Workspace:
         self.setting = get_setting(setting) if isinstance(setting, str) else setting
         self.root = os.path.join(cache_root(cache_dir), self.setting.name, self.setting.key())
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
-        self.shard_size = shard_size if shard_size is not None else (100 if self.setting.is_lr else 4)
+        self.shard_size = shard_size if shard_size is not None else (
+            100 if self.setting.is_lr else 50 if self.is_trajectory else 4)
         self.progress = progress
         os.makedirs(self.root, exist_ok=True)
         spec_path = os.path.join(self.root, "setting.json")
@@ -232,6 +246,11 @@ class Workspace:
         self._ref: tr.TrainedModel | None = None
 
     # ---------------------------------------------------------------- data and reference
+    @property
+    def is_trajectory(self) -> bool:
+        """Whether the ground truth retrains the same recorded run with example weights."""
+        return self.setting.recipe.kind == "trajectory"
+
     def datasets(self):
         """``(train, test)`` of the setting (with its label noise, if any)."""
         if self._data is None:
@@ -249,7 +268,8 @@ class Workspace:
             return self._ref
         train, _ = self.datasets()
         t0 = time.time()
-        model, hinv = tr.train_reference(self.setting, train)
+        record = os.path.join(self.root, "trajectory.zarr") if self.is_trajectory else None
+        model, hinv = tr.train_reference(self.setting, train, record_path=record)
         model.info["seconds"] = time.time() - t0
         if hinv is not None:
             tmp = os.path.join(self.root, f"hinv.tmp{os.getpid()}.npy")
@@ -259,6 +279,31 @@ class Workspace:
                       "learning_rates": model.learning_rates, "info": model.info}, path)
         self._ref = model
         return model
+
+    def recorded_trajectory(self):
+        """The reference run recorded step by step (a :class:`~wherefrom.trajectory.Trajectory`), or ``None`` when
+        the reference model is not the end of a minibatch run (``lr-exact``). An ``sgd`` setting's run is
+        re-trained once with a recorder (same seed) and must end at the cached reference state (to round-off)."""
+        if self.setting.recipe.kind not in ("sgd", "trajectory"):
+            return None
+        from wherefrom.trajectory import Trajectory
+
+        path = os.path.join(self.root, "trajectory.zarr")
+        ref = self.reference()
+        if not os.path.exists(os.path.join(path, "zarr.json")) or not Trajectory.load(path).meta.get("has_final"):
+            train, _ = self.datasets()
+            tmp = f"{path}.tmp{os.getpid()}"
+            state = tr.train_sgd(self.setting, train, record_path=tmp).state
+            diff = max(float((state[k] - ref.state[k]).abs().max()) / max(float(ref.state[k].abs().max()), 1.0)
+                       for k in state)
+            if diff > (1e-12 if self.setting.recipe.dtype == "float64" else 1e-6):
+                raise WherefromError(f"Re-running {self.setting.name}'s training to record it did not reproduce the "
+                                     f"cached reference model (max difference {diff:.2e}); delete {self.root}.")
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        return Trajectory.load(path)
 
     def reference_outputs(self) -> tr.Outputs:
         _, test = self.datasets()
@@ -301,6 +346,8 @@ class Workspace:
         """Leave-one-out ground truth for train positions ``indices`` (default: all of them)."""
         train, _ = self.datasets()
         n = len(train)
+        if indices is None and self.setting.loo_default is not None:
+            indices = range(min(n, self.setting.loo_default))
         idx = list(range(n)) if indices is None else [int(i) for i in indices]
         if idx and (min(idx) < 0 or max(idx) >= n):
             raise WherefromError(f"LOO indices must be train positions in [0, {n}).")
@@ -402,6 +449,8 @@ class Workspace:
                 hinv = _load_hinv(self.root)
                 W, _ = tr.retrain_lr(self.setting, train, ref.state, hinv, masks, masks.sum(1))
                 out = tr.lr_outputs(W, test)
+            elif self.is_trajectory:
+                out = weighted.weighted_outputs(self.setting, train, test, masks)
             else:
                 states = [tr.train_sgd(self.setting, train, torch.nonzero(m).flatten().numpy()).state
                           for m in masks]

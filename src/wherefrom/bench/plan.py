@@ -76,6 +76,7 @@ class _DryRun:
         self.lr = setting.recipe.lr
         self.last_layer = setting.last_layer
         self.seed = seed
+        self.recorded_run = _placeholder_run if setting.recipe.kind in ("sgd", "trajectory") else None
 
     def build(self, name: str, options: dict[str, Any], ensemble: int) -> tuple[Any, bool]:
         """``(attributor, read_the_ensemble)``; raises what the factory or constructor raises."""
@@ -88,8 +89,27 @@ class _DryRun:
 
         ctx = MethodContext(task=self.task, trajectory=[self.state] * self.epochs,
                             learning_rates=[self.lr] * self.epochs, ensemble=members, features_fn=features_fn,
-                            last_layer=self.last_layer, options=dict(options), seed=self.seed)
+                            last_layer=self.last_layer, options=dict(options), seed=self.seed,
+                            recorded_run=None if self.recorded_run is None else lambda: self.recorded_run(model))
         return make_method(name, ctx), members.touched
+
+
+def _placeholder_run(model: Any) -> Any:
+    """A one-step recorded run of a copy of ``model`` (zero gradients): what trajectory methods are dry-built on."""
+    import copy
+
+    import torch
+
+    from wherefrom.trajectory import TrajectoryRecorder
+
+    clone = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(clone.parameters(), lr=0.0)
+    for p in clone.parameters():
+        p.grad = torch.zeros_like(p)
+    recorder = TrajectoryRecorder(clone, optimizer)
+    recorder.record([0])
+    optimizer.step()
+    return recorder.close()
 
 
 def accepted_options(attributor: Any) -> list[str]:

@@ -187,8 +187,20 @@ class BenchResult:
     def columns(self) -> list[tuple[str, str]]:
         cols = list(self.COLUMNS)
         for m in self.metrics:
-            cols += self.METRIC_COLUMNS[m]
+            cols += self.metric_columns(m)
         return cols
+
+    def metric_columns(self, metric: str) -> list[tuple[str, str]]:
+        """Columns of one metric: one LDS column per kept fraction ``α`` (key ``lds@α``) when several were measured."""
+        fractions = self.ground_truth.get("lds", {}).get("fractions", [])
+        if metric == "lds" and len(fractions) > 1:
+            return [(f"LDS α={f:g}", f"lds@{f:g}") for f in fractions]
+        return self.METRIC_COLUMNS[metric]
+
+    @classmethod
+    def metric_of(cls, key: str) -> str | None:
+        """The metric a column key belongs to (``lds@0.99`` → ``lds``; ``None`` for resource columns)."""
+        return "lds" if key.startswith("lds@") else cls.METRIC_OF.get(key)
 
     def header(self) -> str:
         """The two header lines of the markdown table."""
@@ -200,12 +212,12 @@ class BenchResult:
         cells = []
         for _, key in self.columns():
             v = getattr(r, key) if hasattr(r, key) else r.value(key)
-            if self.METRIC_OF.get(key) in r.metric_errors:
+            if self.metric_of(key) in r.metric_errors:
                 cells.append("failed")
             elif r.not_applicable(key):
                 cells.append("n/a")
-            elif key == "lds" and not math.isnan(v):
-                ci = r.metrics["lds"]["ci"]
+            elif self.metric_of(key) == "lds" and not math.isnan(v):
+                ci = r.metrics[key]["ci"]
                 cells.append(f"{v:.3f} ± {(ci[1] - ci[0]) / 2:.3f}")
             elif math.isnan(v):
                 cells.append("—")

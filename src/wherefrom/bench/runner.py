@@ -154,6 +154,7 @@ def build_context(ws: Workspace, options: dict | None = None, ensemble_size: int
         task=task, trajectory=list(ref.trajectory), learning_rates=list(ref.learning_rates),
         ensemble=LazyCheckpoints(ensemble_size, lambda: ws.ensemble(ensemble_size)),
         features_fn=features_fn, last_layer=ws.setting.last_layer, options=dict(options or {}), seed=seed,
+        recorded_run=ws.recorded_trajectory,
     )
 
 
@@ -189,7 +190,7 @@ class _GroundTruth:
     """What the metrics compare against (``None`` for metrics not asked for)."""
 
     loo: LOOGroundTruth | None = None
-    lds: LDSGroundTruth | None = None
+    lds: dict[str, LDSGroundTruth] | None = None  # metric key ("lds" or "lds@α") → ground truth
     noisy: Workspace | None = None
     brittle_tests: list[int] | None = None
 
@@ -203,7 +204,7 @@ def run_benchmark(
     workers: int | None = None,
     loo_indices: Sequence[int] | None = None,
     n_subsets: int = 100,
-    fraction: float = 0.5,
+    fraction: float | Sequence[float] | None = None,
     ensemble_size: int | None = None,
     noise: float = 0.1,
     target: str = "loss",
@@ -226,7 +227,8 @@ def run_benchmark(
         metrics: any of ``loo``, ``lds``, ``auc``, ``brittle``.
         loo_indices: train positions whose LOO retraining is the ground truth (default: all).
         n_subsets: the number ``M`` of LDS subsets.
-        fraction: the fraction ``α`` of training examples each LDS subset keeps.
+        fraction: the fraction ``α`` of training examples each LDS subset keeps, or several (one LDS column per
+            fraction, metric keys ``lds@α``); default: the setting's ``lds_fractions`` (``0.5`` for most).
         ensemble_size: models in ``MethodContext.ensemble`` (trained on random 50% subsets, cached); ``None``:
             as many as each method needs, at least 5. An explicit size smaller than a method needs is an error.
         noise: fraction of flipped labels for ``auc``.
@@ -248,6 +250,7 @@ def run_benchmark(
         raise WherefromError(f"target must be 'loss' or 'margin', got {target!r}.")
     target_fn = margin if target == "margin" else None
     options = options or {}
+    fraction = _fractions(s, fraction)
     plans = plan_methods(s, names, options, ensemble_size, target_fn=target_fn)  # fails fast, trains nothing
     metric_params = _metric_params(mets, loo_indices, n_subsets, fraction, noise, brittle_points, brittle_ks)
     result = BenchResult(s.spec(), mets, [], {}, {"methods": names, "ensemble_size": ensemble_size,
@@ -290,7 +293,18 @@ def run_benchmark(
     return result
 
 
-def _metric_params(mets: list[str], loo_indices, n_subsets: int, fraction: float, noise: float,
+def _fractions(s: Setting, fraction: float | Sequence[float] | None) -> float | list[float]:
+    """The LDS kept fraction(s): one float, or a list of several (the setting's default when ``None``)."""
+    values = list(s.lds_fractions) if fraction is None else (
+        [fraction] if isinstance(fraction, (int, float)) else list(fraction))
+    values = [float(f) for f in values]
+    bad = [f for f in values if not 0.0 < f < 1.0]
+    if not values or bad:
+        raise WherefromError(f"LDS fractions must be kept fractions in (0, 1), got {values}.")
+    return values[0] if len(values) == 1 else values
+
+
+def _metric_params(mets: list[str], loo_indices, n_subsets: int, fraction: float | list[float], noise: float,
                    brittle_points: int, brittle_ks: Sequence[int]) -> dict:
     params: dict[str, Any] = {}
     if "loo" in mets:
@@ -320,9 +334,14 @@ def _ground_truth(ws: Workspace, s: Setting, mets: list[str], info: dict, say, l
                        "compute_s": gt.loo.compute_seconds, "load_s": gt.loo.seconds}
     if "lds" in mets:
         say("LDS ground truth")
-        gt.lds = ws.lds(n_subsets, fraction)
-        info["lds"] = {"n_subsets": n_subsets, "fraction": fraction, "build_s": gt.lds.build_seconds,
-                       "compute_s": gt.lds.compute_seconds, "load_s": gt.lds.seconds}
+        fractions = fraction if isinstance(fraction, list) else [fraction]
+        gt.lds = {("lds" if len(fractions) == 1 else f"lds@{f:g}"): ws.lds(n_subsets, f) for f in fractions}
+        parts = list(gt.lds.values())
+        info["lds"] = {"n_subsets": n_subsets, "fraction": fraction, "fractions": fractions,
+                       "build_s": None if any(g.build_seconds is None for g in parts)
+                       else sum(g.build_seconds for g in parts),
+                       "compute_s": sum(g.compute_seconds or 0.0 for g in parts),
+                       "load_s": sum(g.seconds for g in parts)}
     if "auc" in mets:
         say("noisy-label reference model")
         gt.noisy = Workspace(s.replace(label_noise=noise), cache_dir=cache_dir, workers=workers, progress=progress)
@@ -390,7 +409,7 @@ def _metric(metric: str, S: np.ndarray, plan: MethodPlan, ws: Workspace, gt: _Gr
         res = loo_correlation(S, y, gt.loo.indices)
         return {"loo_pearson": res["pearson"].to_dict(), "loo_spearman": res["spearman"].to_dict()}
     if metric == "lds":
-        return {"lds": lds(S, gt.lds.masks, gt.lds.goodness(target)).to_dict()}
+        return {key: lds(S, g.masks, g.goodness(target)).to_dict() for key, g in gt.lds.items()}
     if metric == "brittle":
         _, test = ws.datasets()
         br = brittleness(S, gt.brittle_tests, test.tensors[1].numpy(), ws.retrain_predict(), brittle_ks,

@@ -10,6 +10,11 @@ A :class:`Setting` is pure configuration (hashable to a content key); training a
   SGD (lr 0.01, momentum 0.9), 20 epochs, batch 64, wd 1e-4; float32.
 - ``fmnist-mlp``: Fashion-MNIST 5000 / 500, as ``mnist-mlp``.
 - ``digits-lr``: sklearn digits, first 1200 / next 597; ``Linear(64, 10)``; as ``mnist-lr`` (fast).
+- ``mnist-mlp-sgd``: MNIST 5000 / 500; ``784→128→ReLU→10``; ``mnist-mlp``'s SGD (lr 0.01, momentum 0.9, wd 1e-4,
+  batch 64) for 3 epochs; float64; the run is recorded step by step (trajectory attribution) and the ground truth
+  retrains *the same run* with removed examples' loss weights set to 0 (LOO of 100 examples, LDS at 1 % and 50 %
+  drop).
+- ``mnist-mlp-sgd-tanh``: the smooth recipe: ``784→128→tanh→10``, batch 256, lr 0.04, 4 epochs; otherwise as above.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ class Recipe:
 
     Attributes:
         kind: ``"lr-exact"`` (SGD warm-up epochs recorded as a trajectory, then the exact optimum of the
-            full-batch objective ``(1/n)Σℓ_i + (wd/2)‖θ‖²`` to ``‖∇R‖₂ ≤ tol``) or ``"sgd"`` (minibatch SGD with
+            full-batch objective ``(1/n)Σℓ_i + (wd/2)‖θ‖²`` to ``‖∇R‖₂ ≤ tol``), ``"sgd"`` (minibatch SGD with
             momentum, or Adam, for ``epochs`` epochs from a seeded initialisation; the per-epoch data order is
-            drawn from a generator seeded with ``seed``).
+            drawn from a generator seeded with ``seed``) or ``"trajectory"`` (the ``sgd`` recipe, every step
+            recorded; its ground truth retrains the same run with example weights, see
+            :mod:`wherefrom.bench.weighted`).
         weight_decay: ``wd`` of the L2 term (on every parameter; it is also the Task's ``weight_decay``).
         epochs, lr, batch_size, momentum, optimizer: minibatch phase (``optimizer`` ``"sgd"`` or ``"adam"``).
         tol: gradient-norm tolerance of the exact phase (``lr-exact`` only).
@@ -80,17 +87,19 @@ class LogisticRegression(nn.Module):
 
 
 class MLP(nn.Module):
-    """``fc1 → ReLU → Dropout(p) → fc2`` on flattened inputs. The dropout layer is named ``drop``."""
+    """``fc1 → ReLU (or tanh) → Dropout(p) → fc2`` on flattened inputs. The dropout layer is named ``drop``."""
 
-    def __init__(self, d_in: int, hidden: int, n_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_in: int, hidden: int, n_classes: int, dropout: float = 0.0,
+                 activation: str = "relu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_in, hidden)
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, n_classes)
+        self.act = torch.tanh if activation == "tanh" else torch.relu
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: post-ReLU hidden activations ``[B, hidden]``."""
-        return torch.relu(self.fc1(x.flatten(1)))
+        """Penultimate features: post-activation hidden activations ``[B, hidden]``."""
+        return self.act(self.fc1(x.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.features(x)))
@@ -102,12 +111,15 @@ class Setting:
 
     Attributes:
         name: the registry name. data: ``"mnist"``, ``"fashion-mnist"`` or ``"digits"``.
-        model: ``"lr"`` or ``"mlp"``. hidden: MLP width. n_train / n_test: how many of the first examples.
+        model: ``"lr"``, ``"mlp"`` (ReLU) or ``"mlp-tanh"``. hidden: MLP width.
+        n_train / n_test: how many of the first examples.
         label_noise / noise_seed: fraction of training labels flipped (seeded) for noisy-label detection.
         recipe: the :class:`Recipe`. description: one line for ``wherefrom bench --list``.
         method_options: per-method default options this setting passes to method factories (documented, not
             tuned on the ground truth), e.g. ``{"if-explicit": {"damping": 0.0}}`` where ``wd`` makes ``H`` positive
             definite.
+        loo_default: LOO ground truth for the first this many training examples when none are asked for
+            (``None``: all of them). lds_fractions: the LDS subset fractions ``α`` (kept) reported by default.
     """
 
     name: str
@@ -121,6 +133,8 @@ class Setting:
     noise_seed: int = 0
     description: str = ""
     method_options: dict = field(default_factory=dict, hash=False, compare=False)
+    loo_default: int | None = field(default=None, compare=False)
+    lds_fractions: tuple[float, ...] = field(default=(0.5,), compare=False)
 
     # ------------------------------------------------------------------ data and model
     @property
@@ -164,7 +178,8 @@ class Setting:
             if self.is_lr:
                 model: nn.Module = LogisticRegression(self.d_in, self.n_classes)
             else:
-                model = MLP(self.d_in, self.hidden, self.n_classes, self.recipe.dropout)
+                model = MLP(self.d_in, self.hidden, self.n_classes, self.recipe.dropout,
+                            "tanh" if self.model == "mlp-tanh" else "relu")
         finally:
             torch.random.set_rng_state(gen_state)
         return model.to(self.recipe.torch_dtype)
@@ -188,6 +203,8 @@ class Setting:
         d = dataclasses.asdict(self)
         d.pop("description")
         d.pop("method_options")
+        d.pop("loo_default")
+        d.pop("lds_fractions")
         return d
 
     def key(self) -> str:
@@ -216,6 +233,14 @@ _EXACT_IF = {"if-explicit": {"damping": 0.0}, "if-cg": {"damping": 0.0}, "if-lis
 # at 0.31 for 1, 10 or 50 models; at k = 64 (≤ min(n, p)/4) it is 0.54 for one model and 0.85 for ten.
 _DIGITS_LR = {**_EXACT_IF, **{name: {"proj_dim": 64} for name in ("trak", "trak-1", "trak-10", "trak-50")}}
 
+# Trajectory settings: float64 (the effects of 1 % drops are tiny), every step recorded.
+# The ReLU recipe is mnist-mlp's (lr 0.01, momentum 0.9, wd 1e-4, batch 64) for 3 epochs; the smooth one scales the
+# learning rate linearly with the batch (0.04 at batch 256).
+_TRAJ_RELU = Recipe(kind="trajectory", weight_decay=1e-4, epochs=3, lr=0.01, batch_size=64, momentum=0.9,
+                    dtype="float64")
+_TRAJ_TANH = Recipe(kind="trajectory", weight_decay=1e-4, epochs=4, lr=0.04, batch_size=256, momentum=0.9,
+                    dtype="float64")
+
 # The MLP Hessian is indefinite: HVP solvers use the (positive semi-definite) Gauss-Newton matrix (λ stays the
 # class default 0.01; the presets themselves are in wherefrom.bench.presets).
 _MLP_IF = {name: {"curvature": "ggn"} for name in ("if-explicit", "if-cg", "if-lissa")}
@@ -235,6 +260,16 @@ SETTINGS: dict[str, Setting] = {
         Setting("digits-lr", "digits", "lr", 1200, 597, _LR,
                 description="sklearn digits 1200/597, logistic regression 64→10 at its exact L2 optimum (fast)",
                 method_options=_DIGITS_LR),
+
+                method_options=_EXACT_IF),
+        Setting("mnist-mlp-sgd", "mnist", "mlp", 5000, 500, _TRAJ_RELU,
+                description="MNIST 5000/500, MLP 784→128→ReLU→10, recorded SGD (batch 64, 3 epochs); "
+                            "truth: the same run, examples zeroed",
+                method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
+        Setting("mnist-mlp-sgd-tanh", "mnist", "mlp-tanh", 5000, 500, _TRAJ_TANH,
+                description="MNIST 5000/500, MLP 784→128→tanh→10, recorded SGD (batch 256, 4 epochs); "
+                            "truth: the same run, examples zeroed",
+                method_options=_MLP_IF, loo_default=100, lds_fractions=(0.99, 0.5)),
     ]
 }
 

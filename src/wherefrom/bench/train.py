@@ -39,8 +39,12 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_sgd(setting: Setting, train: TensorDataset, indices: Sequence[int] | None = None, seed: int | None = None,
-              record: bool = False) -> TrainedModel:
-    """Minibatch phase of the recipe on ``train`` (restricted to ``indices`` when given)."""
+              record: bool = False, record_path: str | None = None) -> TrainedModel:
+    """Minibatch phase of the recipe on ``train`` (restricted to ``indices`` when given).
+
+    With ``record_path`` every optimizer step is recorded there (a :class:`~wherefrom.trajectory.Trajectory`;
+    the batch indices are positions in ``train``, so use it on the full training set).
+    """
     r = setting.recipe
     seed = r.seed if seed is None else seed
     X, y = train.tensors
@@ -56,16 +60,25 @@ def train_sgd(setting: Setting, train: TensorDataset, indices: Sequence[int] | N
     gen = torch.Generator().manual_seed(seed)
     traj, lrs = [], []
     torch.manual_seed(seed)  # dropout masks
+    recorder = None
+    if record_path is not None:
+        from wherefrom.trajectory import TrajectoryRecorder
+
+        recorder = TrajectoryRecorder(model, opt, path=record_path)
     for _ in range(r.epochs):
         perm = torch.randperm(len(y), generator=gen)
         for s in range(0, len(y), r.batch_size):
             b = perm[s:s + r.batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(X[b]), y[b]).backward()
+            if recorder is not None:
+                recorder.record(b)
             opt.step()
         if record:
             traj.append(_clone_state(model))
             lrs.append(r.lr)
+    if recorder is not None:
+        recorder.close()
     model.eval()
     return TrainedModel(_clone_state(model), traj, lrs)
 
@@ -86,9 +99,13 @@ def lr_exact(setting: Setting, train: TensorDataset, start: dict[str, torch.Tens
     return lrmod.to_state(Wk[0]), Hinv, {"grad_norm": info.max_grad_norm, "polish_iterations": info.iterations}
 
 
-def train_reference(setting: Setting, train: TensorDataset) -> tuple[TrainedModel, torch.Tensor | None]:
-    """The reference model of ``setting`` on ``train`` (and, for LR, the inverse Hessian at its optimum)."""
-    tm = train_sgd(setting, train, record=True)
+def train_reference(setting: Setting, train: TensorDataset, record_path: str | None = None
+                    ) -> tuple[TrainedModel, torch.Tensor | None]:
+    """The reference model of ``setting`` on ``train`` (and, for LR, the inverse Hessian at its optimum).
+
+    ``record_path``: record every optimizer step of the run there (trajectory settings).
+    """
+    tm = train_sgd(setting, train, record=True, record_path=record_path)
     if setting.recipe.kind == "lr-exact":
         state, Hinv, info = lr_exact(setting, train, tm.state)
         tm.state, tm.info = state, info

@@ -40,7 +40,7 @@ from wherefrom.store import StreamingTopK, tensor_fingerprint
 from wherefrom.task import Task
 
 #: methods whose scores are scaled to the predicted leave-one-out change of the test target.
-LOO_SCALED_PREFIXES = ("if-", "logra")
+LOO_SCALED_PREFIXES = ("if-", "logra", "hydra")
 FIT_DIR, FIT_KEY_FILE, CACHE_DIR = "fit", "fit.json", "cache"
 
 
@@ -105,7 +105,7 @@ def plan_attribution(source: str, opts: AttributeOptions, out_dir: str) -> Plan:
         raise UsageError(f"--top-k {opts.top_k} must be between 1 and the number of training examples ({n_train}).")
     context = MethodContext(task=task, trajectory=list(spec.checkpoints or []),
                             learning_rates=list(spec.learning_rates or []), ensemble=list(spec.ensemble or []),
-                            options=dict(opts.options))
+                            options=dict(opts.options), recorded_run=lambda: spec.trajectory)
     try:
         attributor = make_method(method, context)
     except TypeError as exc:
@@ -375,6 +375,12 @@ def run_attribution(plan: Plan, out_dir: str, log: Callable[[str], None] = lambd
         "test_labels": [views["test"][i]["label"] for i in plan.test_indices],
         "test_predictions": preds, "test_confidence": conf, "timings": timings,
     }
+    run = getattr(attributor, "trajectory", None)
+    if run is not None and run is plan.spec.trajectory:  # trajectory attribution: the steps behind the scores
+        from wherefrom.report.panels.training_run import training_run_summary
+
+        shown = torch.cat([topk.helpful_indices.flatten(), topk.harmful_indices.flatten()]).tolist()
+        config["training_run"] = training_run_summary(run, shown)
     results = AttributionResults(config, scores, topk, self_inf, train_labels(plan.train), views)
     results.save(out_dir)
     return results, False

@@ -55,6 +55,8 @@ class Spec:
         input_fn: ``input_fn(batch) -> model inputs`` (default ``batch[0]``).
         checkpoints, learning_rates: the training trajectory (oldest first) for trajectory methods (``tracin``).
         ensemble: independently trained state_dicts for ensemble methods (``trak``).
+        trajectory: the recorded training run for ``hydra`` (a :class:`~wherefrom.trajectory.Trajectory` from
+            :class:`~wherefrom.trajectory.TrajectoryRecorder`, or the path of a saved one).
 
     Optional, how examples are shown in the report:
         name: the report's title.  class_names: ``class_names[y]`` is shown for label ``y``.
@@ -75,6 +77,7 @@ class Spec:
     checkpoints: Sequence[Any] | None = None
     learning_rates: Sequence[float] | None = None
     ensemble: Sequence[Any] | None = None
+    trajectory: Any = None
     name: str | None = None
     class_names: Sequence[str] | None = None
     input_kind: str = "auto"
@@ -118,6 +121,18 @@ def validate_spec(spec: Spec, where: str) -> Spec:
             setattr(spec, field, [str(v) for v in value])
     if spec.vocabulary is not None and not isinstance(spec.vocabulary, (Sequence, Mapping)):
         raise bad("vocabulary", "a list of token strings or a dict token -> id", spec.vocabulary)
+    if spec.trajectory is not None:
+        from wherefrom.trajectory import Trajectory
+
+        if isinstance(spec.trajectory, (str, os.PathLike)):
+            try:
+                spec.trajectory = Trajectory.load(spec.trajectory)
+            except Exception as exc:
+                raise SpecInvalidError(f"The spec {where} has trajectory={os.fspath(spec.trajectory)!r}, which "
+                                       f"cannot be opened as a recorded run: {exc}") from exc
+        elif not isinstance(spec.trajectory, Trajectory):
+            raise bad("trajectory", "a wherefrom Trajectory (recorder.trajectory) or the path of a saved one",
+                      spec.trajectory)
     if spec.input_kind not in INPUT_KINDS:
         raise SpecInvalidError(f"The spec {where} has input_kind={spec.input_kind!r}; choose one of "
                                f"{', '.join(INPUT_KINDS)}.")
