@@ -129,7 +129,7 @@ def heat_map(values: list[list[float]], title: str) -> dict[str, Any]:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
     fig.tight_layout()
-    return {"title": title, "png": figure_base64(fig, dpi=90), "values": json.dumps(a.tolist()),
+    return {"title": title, "png": figure_base64(fig, dpi=90), "scores": json.dumps(a.tolist()),
             "grid": f"{a.shape[0]},{a.shape[1]}"}
 
 
