@@ -122,7 +122,7 @@ def heat_map(values: list[list[float]], title: str) -> dict[str, Any]:
     a = np.asarray(values, dtype=float)
     vmax = _vmax(a) or 1.0
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(2.3, 2.3))
+    fig, ax = plt.subplots(figsize=(2.1, 2.1))
     im = ax.imshow(a, cmap="RdBu", norm=TwoSlopeNorm(0.0, -vmax, vmax), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])

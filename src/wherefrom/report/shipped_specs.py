@@ -41,13 +41,16 @@ def sst_lstm() -> Spec:
                 vocabulary=load_sst2().vocab)
 
 
-def mnist_cnn() -> Spec:
-    """The shipped MNIST CNN with the shipped MNIST subset (standardised images ``[1, 28, 28]``)."""
+def mnist_cnn(n_train: int | None = None, n_test: int | None = None) -> Spec:
+    """The shipped MNIST CNN with the shipped MNIST subset (standardised images ``[1, 28, 28]``).
+
+    ``n_train`` / ``n_test``: only the first examples (e.g. a quicker ``wherefrom attribute``; TOML ``[kwargs]``).
+    """
     from wherefrom.data import mnist_datasets
     from wherefrom.data.shipped import NORMALISATION
     from wherefrom.features.models import load_mnist_cnn
 
-    train, test = mnist_datasets("mnist", flatten=False)
+    train, test = mnist_datasets("mnist", flatten=False, n_train=n_train, n_test=n_test)
     mean, std = NORMALISATION["mnist"]
     return Spec(model=load_mnist_cnn(), train=train, test=test, name="MNIST CNN",
                 class_names=[str(d) for d in range(10)], denormalize=lambda x: x * std + mean)
