@@ -272,3 +272,10 @@ def test_panels_render_in_headless_chromium(text_run, image_run, tmp_path):
                 page.close()
         finally:
             browser.close()
+
+
+def test_corrupt_features_file_exits_with_results_error(tmp_path):
+    (tmp_path / "features.json").write_text('{"format": 1, "entries": [')
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 7, res.output
+    assert "features.json" in res.output and "wherefrom features" in res.output
