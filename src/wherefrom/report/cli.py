@@ -98,6 +98,9 @@ def report(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``attribute`` and ``report`` commands to ``app``."""
+    """Add the ``attribute``, ``report`` and ``features`` commands to ``app``."""
+    from wherefrom.report.feature_cli import features
+
     app.command("attribute")(attribute)
     app.command("report")(report)
+    app.command("features")(features)

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 import wherefrom
 from wherefrom.report.errors import ResultsError, UsageError
+from wherefrom.report.feature_results import FEATURES_FILE, FeatureResults
 from wherefrom.report.panels import panels
 from wherefrom.report.results import (
     BENCH_DIR,
@@ -63,9 +64,10 @@ def load_report_data(directory: str | os.PathLike) -> ReportData:
                            "of `wherefrom bench`.")
     attribution = AttributionResults.load(d) if read_config(d) is not None else None
     bench = find_bench_results(d)
-    if attribution is None and not bench:
-        raise ResultsError(f"{os.fspath(d)!r} holds no results.json and no `wherefrom bench` JSON: run "
-                           f"`wherefrom attribute SPEC --out {os.fspath(d)}` (or `wherefrom bench ... --out`) first.")
+    if attribution is None and not bench and not (d / FEATURES_FILE).is_file():
+        raise ResultsError(f"{os.fspath(d)!r} holds no results.json, no {FEATURES_FILE} and no `wherefrom bench` JSON: "
+                           f"run `wherefrom attribute SPEC --out {os.fspath(d)}` (or `wherefrom features`, "
+                           "`wherefrom bench ... --out`) first.")
     return ReportData(d, attribution, bench)
 
 
@@ -96,6 +98,14 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def _untitled(directory: Path) -> str:
+    """The title of a report without attribution results: the features run's spec name, or a generic one."""
+    features = FeatureResults.load(directory)
+    if features is None:
+        return "wherefrom bench results"
+    return (features.config.get("spec") or {}).get("name") or "wherefrom: feature attribution"
+
+
 def render_html(data: ReportData) -> str:
     """The report page of ``data``: every panel with something to show, in order."""
     env = environment()
@@ -108,7 +118,7 @@ def render_html(data: ReportData) -> str:
         sections.append({"name": panel.name, "title": context.get("title", panel.title), "html": Markup(html)})
     config = data.config
     spec = config.get("spec") or {}
-    title = spec.get("name") or (f"wherefrom: {config['method']}" if config else "wherefrom bench results")
+    title = spec.get("name") or (f"wherefrom: {config['method']}" if config else _untitled(data.directory))
     return env.get_template("report.html.j2").render(
         title=title, config=config, sections=sections, version=wherefrom.__version__,
         folder=data.directory.name,
