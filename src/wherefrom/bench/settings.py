@@ -260,8 +260,6 @@ SETTINGS: dict[str, Setting] = {
         Setting("digits-lr", "digits", "lr", 1200, 597, _LR,
                 description="sklearn digits 1200/597, logistic regression 64→10 at its exact L2 optimum (fast)",
                 method_options=_DIGITS_LR),
-
-                method_options=_EXACT_IF),
         Setting("mnist-mlp-sgd", "mnist", "mlp", 5000, 500, _TRAJ_RELU,
                 description="MNIST 5000/500, MLP 784→128→ReLU→10, recorded SGD (batch 64, 3 epochs); "
                             "truth: the same run, examples zeroed",
