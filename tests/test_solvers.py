@@ -128,3 +128,22 @@ def test_lissa_scale_option_reaches_the_solver_not_the_score_scale():
     exact = wf.InfluenceFunction(task, solver="explicit", damping=0.1, progress=False).fit((X, y))
     torch.testing.assert_close(lissa.fit((X, y)).score((X[:4], y[:4])), exact.score((X[:4], y[:4])),
                                rtol=1e-5, atol=1e-8)  # 400 LiSSA steps: converged to ~1e-6
+
+
+def test_lissa_warns_with_the_residual_and_depth_needed_when_not_converged(problem):
+    obj, V = problem
+    damping = 0.05
+    short = LissaSolver(damping=damping, hvp_batch_size=obj.n, depth=5).fit(obj)
+    with pytest.warns(UserWarning, match=r"LiSSA did not converge.*depth=5.*use depth=\d+") as record:
+        short.solve(V)
+    true_residual = float(((V - short.solve(V) @ (obj.A + damping * torch.eye(obj.p, dtype=torch.float64))).norm(dim=1)
+                           / V.norm(dim=1)).max())
+    assert f"{true_residual:.3g}" in str(record[0].message)  # the residual it reports is the true one
+    needed = int(str(record[0].message).split("use depth=")[1].split(" ")[0])
+    # the extrapolated depth is enough: the deterministic series (b = n) converges there without a warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enough = LissaSolver(damping=damping, hvp_batch_size=obj.n, depth=needed).fit(obj)
+        enough.solve(V)
+    assert float(enough.residuals_.max()) <= 0.1

@@ -10,6 +10,7 @@ found by power iteration. ``repeats`` independent runs are averaged.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from wherefrom.curvature.base import Preconditioner, register_solver
 from wherefrom.errors import NonFiniteGradientError
 from wherefrom.progress import track
+from wherefrom.warn import warn
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ class LissaSolver(Preconditioner):
         scale_margin: safety factor on the estimated top eigenvalue. seed: mini-batch sampling seed.
         check_residuals: after each solve, measure ``residuals_`` ``= ‖v − (H+λI)x‖/‖v‖`` per right-hand side
             (one batched full-data HVP) and log the largest.
+        residual_tolerance: above this largest relative residual the solve is reported as not converged: a
+            warning (once per solver) gives the residual and the depth the series would need, extrapolated from
+            the geometric decay ``r(T) ≈ q^T`` of the Neumann series (``T_needed ≈ 1.5·T·log(tol)/log(r)``).
     It samples mini-batches of the space at every call, so it needs the training data after loading.
     """
 
@@ -39,7 +44,7 @@ class LissaSolver(Preconditioner):
     def __init__(
         self, damping: Any = 0.0, depth: int = 1000, repeats: int = 1, hvp_batch_size: int = 256,
         scale: float | None = None, scale_margin: float = 2.0, seed: int = 0, progress: bool | None = None,
-        check_residuals: bool = True, curvature: str | None = None,
+        check_residuals: bool = True, curvature: str | None = None, residual_tolerance: float = 0.1,
     ):
         super().__init__(damping, curvature)
         self.depth, self.repeats, self.hvp_batch_size = depth, repeats, hvp_batch_size
@@ -47,6 +52,7 @@ class LissaSolver(Preconditioner):
         self.scale_: float | None = None
         self.update_norms_: list[float] = []
         self.check_residuals = check_residuals
+        self.residual_tolerance = residual_tolerance
         self.residuals_: torch.Tensor | None = None
 
     def fit(self, objective: Any) -> LissaSolver:
@@ -89,7 +95,30 @@ class LissaSolver(Preconditioner):
             R = V - (obj.hvp(X) + lam * X)
             self.residuals_ = R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)
             log.info("LiSSA finished; max relative residual %.3g", float(self.residuals_.max()))
+            self._warn_if_not_converged(float(self.residuals_.max()))
         return X
+
+    def depth_needed(self, residual: float) -> int | None:
+        """Depth at which the series would reach ``residual_tolerance``, extrapolated from ``residual`` at ``depth``.
+
+        The deterministic part of the error contracts by ``q = 1 − (λ_min + λ)/s`` per step, so ``r(T) ≈ q^T`` and
+        ``T · log(tol) / log(r)``, times 1.5 because the early steps also remove the fast modes and so decay faster
+        than the slowest one that remains; ``None`` when ``r ≥ 1`` (no decay to extrapolate from: raise the
+        damping or the mini-batch size instead).
+        """
+        if not 0.0 < residual < 1.0:
+            return None
+        return math.ceil(1.5 * self.depth * math.log(self.residual_tolerance) / math.log(residual))
+
+    def _warn_if_not_converged(self, residual: float) -> None:
+        if residual <= self.residual_tolerance:
+            return
+        needed = self.depth_needed(residual)
+        advice = (f"use depth={needed} (extrapolated) or a larger damping" if needed is not None
+                  else "raise the damping or hvp_batch_size; the series does not contract at this scale")
+        warn(f"LiSSA did not converge: largest relative residual ‖v − (H+λI)x‖/‖v‖ = {residual:.3g} after "
+             f"depth={self.depth} (tolerance {self.residual_tolerance:g}); {advice}. Scores are inexact.",
+             owner=self, key="lissa-not-converged")
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "scale": self.scale_}
