@@ -15,7 +15,8 @@ Every retraining folder also holds ``build.json``: the wall-clock seconds its bu
 sessions that built it (an interrupted build resumes and adds to it), so reports can tell building from loading.
 
 A shard file is written atomically when its models are done, so an interrupted build resumes by skipping the
-shards that exist. Retraining runs in ``workers`` processes (spawned, one torch thread each) with a progress bar.
+shards that exist. Retraining runs in ``workers`` processes (spawned, with ``wherefrom.threads.worker_threads``
+intra-op threads each: cores // workers, at least one) with a progress bar.
 
 Ground truth conventions (see ``docs/evaluation.md``):
 
@@ -52,6 +53,7 @@ from wherefrom.bench import weighted
 from wherefrom.bench.settings import Setting, get_setting
 from wherefrom.errors import WherefromError
 from wherefrom.progress import track
+from wherefrom.threads import apply_worker_threads, worker_threads
 
 
 def cache_root(override: str | os.PathLike | None = None) -> str:
@@ -112,8 +114,8 @@ class LDSGroundTruth:
 _WORKER_CACHE: dict = {}
 
 
-def _worker_init() -> None:
-    torch.set_num_threads(1)
+def _worker_init(threads: int = 1) -> None:
+    apply_worker_threads(threads)
     os.environ.setdefault("WHEREFROM_PROGRESS", "0")
 
 
@@ -330,7 +332,9 @@ class Workspace:
                 _write_build_seconds(folder, built_before + time.time() - t0)
         elif todo:
             ctx = get_context("spawn")
-            with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init) as pool:
+            threads = worker_threads(self.workers)
+            with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
                 futs = [pool.submit(_run_shard, spec, self.root, kind, rr, ss, paths[k]) for k, (_, rr, ss) in todo]
                 for f in track(as_completed(futs), desc, len(futs), self.progress):
                     f.result()
