@@ -143,7 +143,8 @@ def plan(task_or_attributor: Any, n_train: int, *, n_test: int = 1000, k: int = 
 
     per_example = batch_size * _layer_widths(task) * 4 if layerwise else 2 * batch_size * p * 4
     featurise = {"model (parameters, gradients, state)": 3 * p * 4, "per-example work": per_example,
-                 "batch features": batch_size * d * 4, "chunk (parts, joined, checksum bytes, compressed)": 4 * R * d * s}
+                 "batch features": batch_size * d * 4,
+                 "chunk (parts, joined, checksum bytes, compressed)": 4 * R * d * s}
     precond = 0 if preconditioner in ("identity", "diagonal") else 2 * d * d * 8
     queries = n_ckpt * m * d * 12
     if faiss_index == "exact":
