@@ -260,8 +260,12 @@ class Task:
     def outputs(self, flat: torch.Tensor, state: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         """Model outputs on ``batch`` with the selected parameters set to the flat vector ``flat``, passed through
         ``output_fn`` (the logits of a Hugging Face model)."""
-        merged = {k: v for k, v in state.items() if k not in self.tied}  # an alias follows its parameter
-        merged.update(self.unflatten(flat))
+        return self.call_model({**state, **self.unflatten(flat)}, batch)
+
+    def call_model(self, params: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Model outputs on ``batch`` with every parameter and buffer taken from ``params`` (a full state), passed
+        through ``output_fn``. ``input_fn(batch)`` may give a tuple (positional), a dict (keywords) or one tensor."""
+        merged = {k: v for k, v in params.items() if k not in self.tied}  # an alias follows its parameter
         inputs = self.input_fn(batch)
         if isinstance(inputs, tuple):
             out = functional_call(self.model, merged, inputs)

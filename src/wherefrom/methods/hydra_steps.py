@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 from torch.utils.data import DataLoader
 
 from wherefrom.data.loaders import collate_indices
@@ -162,17 +162,8 @@ class StepEvaluator:
 
     def losses(self, params: Mapping[str, torch.Tensor], batch: Any, fn=None) -> torch.Tensor:
         """Per-example training losses ``[B]`` (or ``fn``, e.g. the target) at the parameters ``params``."""
-        task = self.task
-        merged = dict(self.state)
-        merged.update(params)
-        inputs = task.input_fn(batch)
-        if isinstance(inputs, tuple):
-            out = functional_call(task.model, merged, inputs)
-        elif isinstance(inputs, dict):
-            out = functional_call(task.model, merged, (), inputs)
-        else:
-            out = functional_call(task.model, merged, (inputs,))
-        return (task.loss_fn if fn is None else fn)(out, batch)
+        out = self.task.call_model({**self.state, **params}, batch)
+        return (self.task.loss_fn if fn is None else fn)(out, batch)
 
     # ------------------------------------------------------------------ gradients
     def example_grads(self, data: StepData, rows: torch.Tensor | None = None,
