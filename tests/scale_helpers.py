@@ -64,6 +64,9 @@ def main(argv: list[str]) -> None:
     if argv[0] == "memory":
         print(json.dumps(memory_probe(int(argv[1]), argv[2])))
         return
+    if argv[0] == "planner":
+        print(json.dumps(planner_probe(int(argv[1]), argv[2])))
+        return
     task, train, _ = small_problem(delay=float(argv[1]))
     ex = wf.Execution(batch_size=8, block_size=16, store="zarr", cache_dir=argv[0])
     wf.LoGra(task, execution=ex).fit(train)
@@ -120,6 +123,29 @@ def memory_probe(n: int, cache: str) -> dict[str, int]:
         gc.collect()
         out[name], _ = peak_rss_during(fn)
     return out
+
+
+def planner_probe(n: int, cache: str, width: int = 256, classes: int = 32, batch_size: int = 256) -> dict:
+    """Featurise ``n`` examples with Grad-Dot (full gradients of a ``Linear(width, classes)``) into a zarr store;
+    return the measured peak memory above the level before the fit, the store's bytes on disk, and what
+    :func:`wherefrom.scale.plan` predicts for both (its ``featurise`` stage, baseline excluded)."""
+    import gc
+
+    import wherefrom as wf
+
+    torch.manual_seed(0)
+    task = wf.Task(torch.nn.Linear(width, classes))
+    X, y = torch.randn(n, width), torch.randint(0, classes, (n,))
+    ex = wf.Execution(batch_size=batch_size, store="zarr", cache_dir=os.path.join(cache, "measured"))
+    warm = wf.Execution(batch_size=batch_size, store="zarr", cache_dir=os.path.join(cache, "warm"))
+    wf.GradDot(task, execution=warm).fit((X[:batch_size], y[:batch_size]))  # imports, allocator pools
+    att = wf.GradDot(task, execution=ex)
+    predicted = wf.scale.plan(att, n_train=n).stage("featurise")
+    gc.collect()
+    memory, _ = peak_rss_during(lambda: att.fit((X, y)))
+    disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(ex.cache_dir) for f in files)
+    return {"n": n, "dim": task.num_params, "predicted_memory": predicted.memory, "measured_memory": memory,
+            "predicted_disk": predicted.disk, "measured_disk": disk}
 
 
 if __name__ == "__main__":

@@ -127,6 +127,22 @@ def test_dry_run_plans_without_computing(tmp_path):
     assert not out.exists()
 
 
+def test_dry_run_prints_the_planner_stages_and_writes_nothing(tmp_path):
+    spec = write(tmp_path, "toy_spec.py", TABULAR)
+    out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = runner.invoke(app, ["attribute", str(spec), "-m", "grad-dot", "--test", "0:5", "--top-k", "3",
+                              "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    table = res.output.split("per stage")[1].splitlines()
+    assert table[1].split() == ["stage", "peak", "memory", "disk"]
+    stages = [line.split()[0] for line in table[2:] if line.strip()]
+    assert stages == ["featurise", "preconditioner", "top-k", "top-k", "self-influence", "run"]
+    # the featurise row's disk: 40 examples x 21 parameters x 8 bytes (the spec's float64), counted by hand
+    assert table[2].split()[-2:] == ["6.72", "KB"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no results folder
+
+
 def test_report_rerenders_and_adds_bench_results(tmp_path):
     spec = write(tmp_path, "toy_spec.py", TABULAR)
     out = tmp_path / "out"

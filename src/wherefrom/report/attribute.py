@@ -180,7 +180,24 @@ def describe_plan(plan: Plan, out_dir: str) -> str:
         lines.append(f"  {what:<{width}}  {format_bytes(nbytes) if nbytes is not None else '—'}")
     total = sum(n for _, n in rows if n is not None)
     lines.append(f"  {'total':<{width}}  ≈ {format_bytes(total)}")
+    staged = _staged_plan(plan)
+    if staged is not None:
+        lines += ["predicted peak memory and disk per stage (wherefrom.scale.plan, features in a zarr store; "
+                  "process baseline included):",
+                  *(f"  {row}" for row in str(staged).splitlines())]
     return "\n".join(lines)
+
+
+def _staged_plan(plan: Plan) -> Any:
+    """The scale planner's per-stage table for attributors with a gradient source (``None`` for the others)."""
+    if getattr(getattr(plan.attributor, "source", None), "dim", None) is None:
+        return None
+    from wherefrom.scale.planner import plan as scale_plan
+
+    try:
+        return scale_plan(plan.attributor, plan.n_train, n_test=len(plan.test_indices), k=plan.options.top_k)
+    except WherefromError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- fitting

@@ -1,11 +1,12 @@
 """A memory and disk planner: peak memory and disk per stage of a featurise → store → score run, before running it.
 
-Counted per stage (bytes; ``s`` the stored dtype's size, ``B`` the batch, ``R`` the rows per chunk, ``m`` test
-points, ``k`` the top-k, ``p`` parameters, ``d`` the feature dimension, ``c`` checkpoints)::
+Counted per stage (bytes; ``s`` the stored dtype's size, ``B`` the batch, ``R`` the rows per chunk (at most ``n``),
+``m`` test points, ``k`` the top-k, ``p`` parameters, ``d`` the feature dimension, ``c`` checkpoints)::
 
     featurise        model 3·p·4 (parameters, gradients, a copy of the state) + per-example work
                      (full gradients: B·p·4 twice — the gradients and their projection input; layer-wise
-                     (LoGra) sources: B·Σ_l (a_l + g_l)·4 captures) + B·d·4 features + one chunk R·d·s
+                     (LoGra) sources: B·Σ_l (a_l + g_l)·4 captures) + B·d·4 features + a chunk held 4 times,
+                     4·R·d·s (its batch parts, their concatenation, the checksum's bytes, the compressed output)
     store (disk)     c·n·d·s (before compression; zstd saves little on dense float features)
     preconditioner   kernel / explicit solvers on features: 2·d²·8 (matrix and its factor), identity: 0
     queries          m·d·(4 + 8) per checkpoint (features and preconditioned features)
@@ -138,11 +139,12 @@ def plan(task_or_attributor: Any, n_train: int, *, n_test: int = 1000, k: int = 
         layerwise = type(getattr(att, "source", None)).__name__ == "KroneckerProjectedGradients"
     if preconditioner is None:
         preconditioner = getattr(getattr(att, "preconditioner", None), "name", "identity")
-    R, m, d, n = chunk_rows, n_test, int(dim), n_train
+    R, m, d, n = min(chunk_rows, n_train), n_test, int(dim), n_train  # no chunk holds more than n rows
 
     per_example = batch_size * _layer_widths(task) * 4 if layerwise else 2 * batch_size * p * 4
     featurise = {"model (parameters, gradients, state)": 3 * p * 4, "per-example work": per_example,
-                 "batch features": batch_size * d * 4, "chunk buffer": R * d * s}
+                 "batch features": batch_size * d * 4,
+                 "chunk (parts, joined, checksum bytes, compressed)": 4 * R * d * s}
     precond = 0 if preconditioner in ("identity", "diagonal") else 2 * d * d * 8
     queries = n_ckpt * m * d * 12
     if faiss_index == "exact":
