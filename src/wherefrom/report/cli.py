@@ -10,10 +10,24 @@ Exit codes are those of :class:`wherefrom.report.errors.ExitCode` (documented in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import typer
 
 DEBUG_ENV = "WHEREFROM_DEBUG"
+
+
+def _stage_logger(quiet: bool) -> Callable[[str], None]:
+    """Switch progress bars off when ``quiet`` and return the printer of ``[wherefrom]`` stage messages (stderr)."""
+    from wherefrom.progress import set_progress
+
+    set_progress(not quiet)
+
+    def log(message: str) -> None:
+        if not quiet:
+            typer.echo(f"[wherefrom] {message}", err=True)
+
+    return log
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -49,16 +63,11 @@ def attribute(
     """Explain predictions of the model of SPEC by its training data; write scores, top-k and an HTML report."""
     import time
 
-    from wherefrom.progress import set_progress
     from wherefrom.report.attribute import AttributeOptions, describe_plan, plan_attribution, run_attribution
     from wherefrom.report.options import parse_options
     from wherefrom.report.render import add_bench_files, render_report
 
-    set_progress(not quiet)
-
-    def log(message: str) -> None:
-        if not quiet:
-            typer.echo(f"[wherefrom] {message}", err=True)
+    log = _stage_logger(quiet)
 
     t0 = time.perf_counter()
     try:

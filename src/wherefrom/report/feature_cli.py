@@ -29,16 +29,11 @@ def features(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage messages."),
 ) -> None:
     """Explain test predictions of the model of SPEC by their input features (CD, ACD hierarchy); render a report."""
-    from wherefrom.progress import set_progress
-    from wherefrom.report.cli import _fail
+    from wherefrom.report.cli import _fail, _stage_logger
     from wherefrom.report.feature_run import FeatureOptions, run_features
     from wherefrom.report.render import render_report
 
-    set_progress(not quiet)
-
-    def log(message: str) -> None:
-        if not quiet:
-            typer.echo(f"[wherefrom] {message}", err=True)
+    log = _stage_logger(quiet)
 
     try:
         opts = FeatureOptions(test=test, target=target, method=method, block_size=block_size,
