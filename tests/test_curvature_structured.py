@@ -78,7 +78,36 @@ def test_structured_ggn_equals_the_generic_products_and_the_jacobian_reference(k
     V = torch.randn(7, fast.p, dtype=torch.float64)
     torch.testing.assert_close(fast.hvp(V), slow.hvp(V), **TOL)
     H = fast.dense()
+    assert torch.equal(H, H.T)  # the closed form is exactly symmetric
     torch.testing.assert_close(H, slow.dense(), **TOL)
+    torch.testing.assert_close(H, dense_ggn(task, X, y), **TOL)
+
+
+class OneTokenNet(nn.Module):
+    """Embedding of one token (a one-position block stored transposed) and a bias-free Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.head = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(x.long()[:, 0])))
+
+
+def test_closed_form_between_one_position_layers_stored_transposed_equals_the_jacobian_reference():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    model = OneTokenNet().double()
+    X, y = torch.randint(0, 7, (11, 1), generator=g).double(), torch.randint(0, 3, (11,), generator=g)
+    task = wf.Task(model, weight_decay=0.1)
+    loader = wf.data.as_loader((X, y), batch_size=4)
+    fast = TrainingObjective(task, loader, task.state(), curvature="ggn")
+    op = fast.structured_operator()
+    assert op is not None and all(part.delta.shape[2] == 1 for part in op._batches[0].kronecker)
+    assert op._batches[0].kronecker[0].spec.transposed
+    H = fast.dense()
+    assert torch.equal(H, H.T)
     torch.testing.assert_close(H, dense_ggn(task, X, y), **TOL)
 
 

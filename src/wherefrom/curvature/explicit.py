@@ -48,7 +48,8 @@ class ExplicitSolver(Preconditioner):
     def _factor(self) -> None:
         H = self.hessian_
         lam = self.effective_damping
-        A = H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        A = H.clone()
+        A.diagonal().add_(lam)
         chol, info = torch.linalg.cholesky_ex(A)
         if int(info) == 0:
             self._chol, self._eig = chol, None

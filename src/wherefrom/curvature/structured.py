@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 #: default memory for the kept samples (bytes).
 DEFAULT_BUDGET = 1 << 30
-#: rows of one batch handled at once by the dense closed form (bounds its ``[rows, d_out², cols]`` temporary).
-_DENSE_ROWS = 64
+#: memory of the batches concatenated into one group by the dense closed form (bytes).
+_DENSE_GROUP_BYTES = 256 << 20
 
 
 @dataclass
@@ -170,44 +170,113 @@ def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tens
         out[:, part.index] += torch.einsum("mbk,bkq->mq", u, part.rows)
 
 
+def group_batches(batches: Iterator[FactoredBatch], max_bytes: int) -> Iterator[FactoredBatch]:
+    """Consecutive batches concatenated along the examples into groups of at most ``max_bytes`` (at least one batch
+    per group), so that the dense closed form runs a few large matrix products instead of many small ones."""
+    group: list[FactoredBatch] = []
+    size = 0
+    for fb in batches:
+        if group and size + fb.nbytes > max_bytes:
+            yield _concat(group)
+            group, size = [], 0
+        group.append(fb)
+        size += fb.nbytes
+    if group:
+        yield _concat(group)
+
+
+def _concat(group: list[FactoredBatch]) -> FactoredBatch:
+    if len(group) == 1:
+        return group[0]
+    first = group[0]
+    out = FactoredBatch()
+    for k, part in enumerate(first.kronecker):
+        out.kronecker.append(KroneckerPart(part.spec, torch.cat([fb.kronecker[k].a for fb in group]),
+                                           torch.cat([fb.kronecker[k].delta for fb in group])))
+    for k, part in enumerate(first.rows):
+        out.rows.append(RowsPart(part.index, torch.cat([fb.rows[k].rows for fb in group])))
+    return out
+
+
 def batch_dense(fb: FactoredBatch, H: torch.Tensor) -> None:
-    """Add ``Σ_{i∈batch} Σ_k s_ik s_ikᵀ`` to the dense ``H`` ``[p, p]`` (closed form between one-position layers)."""
+    """Add ``Σ_{i∈batch} Σ_k s_ik s_ikᵀ`` to the dense ``H`` ``[p, p]`` (closed form between one-position layers).
+
+    Between two one-position layers ``l, l'`` the block of output units ``(o, o')`` is ``Ãᵀ diag(M_:oo') Ã'``
+    (``Ã`` ``[B, cols]`` the layer inputs, ``M_b = Σ_k δ_bk δ'_bkᵀ``): one ``[cols, B] × [B, cols']`` matrix product
+    per pair of units (``o ≤ o'`` within a layer; the other half is its transpose), added into strided views of ``H``
+    (no index assignment). Explicit-row blocks add their Gram matrices ``RᵀR`` and cross terms ``SᵀR``.
+    """
     one = [p for p in fb.kronecker if p.delta.shape[2] == 1]
     many = [p for p in fb.kronecker if p.delta.shape[2] != 1]
     rows = list(fb.rows)
     for part in many:  # explicit rows for the rare factored multi-position block
         G = torch.einsum("bkto,btc->bkoc", part.delta, part.a)
         rows.append(RowsPart(part.spec.indices().to(G.device), flat_matrix(part.spec, G)))
-    pos = [positions(p.spec, H.device) for p in one]
-    for i, (pi, qi) in enumerate(zip(one, pos)):
+    views = [_LayerViews(H, p.spec) for p in one]
+    for i, pi in enumerate(one):
         for j in range(i, len(one)):
-            pj, qj = one[j], pos[j]
-            block = _kron_block(pi, pj)  # [(o c), (o' c')]
-            H[qi.reshape(-1, 1), qj.reshape(1, -1)] += block
-            if j != i:
-                H[qj.reshape(-1, 1), qi.reshape(1, -1)] += block.T
+            _add_kron_block(views[i], views[j], pi, one[j], same=i == j)
     if rows:
         R = torch.cat([r.rows for r in rows], dim=2).flatten(0, 1)  # [B·K, q]
         idx = torch.cat([r.index for r in rows])
-        H[idx.reshape(-1, 1), idx.reshape(1, -1)] += R.T @ R
-        for part, q in zip(one, pos):
+        gram = R.T @ R
+        H[idx.reshape(-1, 1), idx.reshape(1, -1)] += (gram + gram.T) / 2
+        for part in one:
+            q = positions(part.spec, H.device)
             S = torch.einsum("bko,bc->bkoc", part.delta[:, :, 0], part.a[:, 0]).flatten(0, 1).flatten(1)
             cross = S.T @ R  # [(o c), q]
             H[q.reshape(-1, 1), idx.reshape(1, -1)] += cross
             H[idx.reshape(-1, 1), q.reshape(1, -1)] += cross.T
 
 
-def _kron_block(pi: KroneckerPart, pj: KroneckerPart) -> torch.Tensor:
-    """``Σ_b M_b ⊗ ã_b ã'_bᵀ`` with ``M_b = Σ_k δ_bk δ'_bkᵀ``, as ``[(d_out·cols), (d_out'·cols')]``."""
-    a, b = pi.a[:, 0], pj.a[:, 0]
-    o1, c1, o2, c2 = pi.delta.shape[3], a.shape[1], pj.delta.shape[3], b.shape[1]
-    acc = torch.zeros(o1, o2, c1, c2, dtype=a.dtype, device=a.device)
-    for r0 in range(0, a.shape[0], _DENSE_ROWS):
-        sl = slice(r0, r0 + _DENSE_ROWS)
-        M = torch.einsum("bko,bkq->boq", pi.delta[sl, :, 0], pj.delta[sl, :, 0])  # [rows, o1, o2]
-        X = (M.unsqueeze(3) * a[sl, None, None, :]).reshape(M.shape[0], -1)  # [rows, o1·o2·c1]
-        acc += (X.T @ b[sl]).reshape(o1, o2, c1, c2)
-    return acc.permute(0, 2, 1, 3).reshape(o1 * c1, o2 * c2)
+class _LayerViews:
+    """Strided views of the rows (or columns) of ``H`` that belong to one layer, indexed by output unit."""
+
+    def __init__(self, H: torch.Tensor, spec: LayerSpec) -> None:
+        self.H, self.spec = H, spec
+
+    def block(self, other: _LayerViews, o: int, o2: int) -> list[tuple[torch.Tensor, slice, slice]]:
+        """``[(view of H, rows of Y, cols of Y)]``: where the ``[cols, cols']`` block of units ``(o, o2)`` goes."""
+        s, t, H = self.spec, other.spec, self.H
+        rows = [(self._weight_index(o), slice(0, s.d_in))]
+        if s.bias is not None:
+            rows.append((s.bias[0] + o, slice(s.d_in, s.d_in + 1)))
+        cols = [(other._weight_index(o2), slice(0, t.d_in))]
+        if t.bias is not None:
+            cols.append((t.bias[0] + o2, slice(t.d_in, t.d_in + 1)))
+        out = []
+        for r, ry in rows:
+            for c, cy in cols:
+                out.append((H[_as_slice(r)][:, _as_slice(c)], ry, cy))
+        return out
+
+    def _weight_index(self, o: int) -> slice:
+        s = self.spec
+        if s.transposed:  # stored [d_in, d_out]: unit o's weights are every d_out-th entry
+            return slice(s.weight[0] + o, s.weight[1], s.d_out)
+        return slice(s.weight[0] + o * s.d_in, s.weight[0] + (o + 1) * s.d_in)
+
+
+def _as_slice(i: int | slice) -> slice:
+    return i if isinstance(i, slice) else slice(i, i + 1)
+
+
+def _add_kron_block(vi: _LayerViews, vj: _LayerViews, pi: KroneckerPart, pj: KroneckerPart, same: bool) -> None:
+    """Add ``Σ_b M_b ⊗ ã_b ã'_bᵀ`` (``M_b = Σ_k δ_bk δ'_bkᵀ``) between two one-position layers (and its mirror)."""
+    a, b = pi.a[:, 0], pj.a[:, 0]  # [B, cols], [B, cols']
+    M = torch.einsum("bko,bkq->boq", pi.delta[:, :, 0], pj.delta[:, :, 0])  # [B, o1, o2]
+    o1, o2 = M.shape[1], M.shape[2]
+    for u in range(o1):
+        for w in range(u if same else 0, o2):
+            Y = (a * M[:, u, w, None]).T @ b  # [cols, cols']
+            if same and u == w:
+                Y = (Y + Y.T) / 2
+            for view, ry, cy in vi.block(vj, u, w):
+                view += Y[ry, cy]
+            if not same or u != w:
+                Yt = Y.T
+                for view, ry, cy in vj.block(vi, w, u):
+                    view += Yt[ry, cy]
 
 
 # ---------------------------------------------------------------------------------------------- the operator
@@ -311,10 +380,11 @@ class StructuredCurvature:
         return out
 
     def dense(self) -> torch.Tensor:
-        """``Σ_i Σ_k s_ik s_ikᵀ`` as a dense ``[p, p]`` matrix."""
+        """``Σ_i Σ_k s_ik s_ikᵀ`` as a dense ``[p, p]`` matrix, exactly symmetric (every off-diagonal block is added
+        together with its transpose; diagonal blocks are symmetrised)."""
         obj = self.objective
         H = torch.zeros(obj.p, obj.p, dtype=obj.dtype, device=obj.device)
-        for fb in self.batches():
+        for fb in group_batches(self.batches(), _DENSE_GROUP_BYTES):
             batch_dense(fb, H)
         return H
 
