@@ -6,7 +6,9 @@ this process with one intra-op thread. Run it against two code trees to compare 
     PYTHONPATH=/path/to/old/src python benchmarks/curvature_speed.py --json old.json
     PYTHONPATH=src              python benchmarks/curvature_speed.py --json new.json
 
-Columns: solver, fit seconds, score seconds (wall and CPU), CG iterations and largest final relative residual.
+Columns: solver, fit seconds, score seconds (wall and CPU), CG iterations and largest final relative residual, and
+for CG the CPU seconds of one batched curvature product with as many columns as test points against one CG
+iteration (``iteration_over_product``: the CG bookkeeping on top of the product).
 Options: ``--setting``, ``--solvers explicit,cg``, ``--tol`` (CG, default 1e-6), ``--max-iter``, ``--repeats``.
 """
 
@@ -27,6 +29,23 @@ def _timed(fn):
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def _iteration_cost(cg, m: int, iterations: int = 5) -> dict:
+    """CPU seconds of one batched curvature product with ``m`` columns and of one CG iteration (``iterations`` run
+    with ``tol=0``), after the scoring run (same product form), and their ratio."""
+    objective = cg._require_fit()
+    V = torch.randn(m, objective.p, generator=torch.Generator().manual_seed(0)).to(objective.dtype)
+    objective.hvp(V)  # warm
+    _, _, product_c = _timed(lambda: objective.hvp(V))
+    tol, max_iter = cg.tol, cg.max_iter
+    cg.tol, cg.max_iter = 0.0, iterations
+    try:
+        _, _, solve_c = _timed(lambda: cg.solve(V))
+    finally:
+        cg.tol, cg.max_iter = tol, max_iter
+    per_iter = solve_c / max(1, cg.iterations_)
+    return {"product_cpu_s": product_c, "iteration_cpu_s": per_iter, "iteration_over_product": per_iter / product_c}
 
 
 def run(setting: str, solvers: list[str], tol: float, max_iter: int, repeats: int) -> list[dict]:
@@ -54,6 +73,7 @@ def run(setting: str, solvers: list[str], tol: float, max_iter: int, repeats: in
             if solver == "cg":
                 row["iterations"] = int(pre.iterations_)
                 row["max_residual"] = float(pre.residuals_.max())
+                row.update(_iteration_cost(pre, len(test)))
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

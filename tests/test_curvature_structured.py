@@ -143,6 +143,24 @@ def test_closed_form_hessian_of_an_affine_model_equals_autograd(bias):
     torch.testing.assert_close(fast.hvp(V), slow.hvp(V), **TOL)
 
 
+@pytest.mark.parametrize("curvature", ["hessian", "fisher"])
+def test_single_layer_products_and_the_switch_to_the_dense_matrix_equal_the_generic_products(curvature):
+    fast, slow, *_ = _objectives("lr", curvature=curvature)
+    op = StructuredCurvature.for_objective(fast, prefer="factored")  # the Fisher's one sample would prefer rows
+    assert op is not None and len(op._batches) == 1  # the kept batches are grouped
+    fast._structured = op
+    # the output curvature M_b is formed when d_out <= 2K (the GGN's 3 roots), not for the Fisher's one sample
+    assert (op._batches[0].kronecker[0].M is not None) == (curvature == "hessian")
+    V = torch.randn(3, fast.p, dtype=torch.float64)
+    torch.testing.assert_close(fast.hvp(V), slow.hvp(V), **TOL)
+    assert op._dense_data is None  # three vectors do not pay for the dense matrix ...
+    W = torch.randn(200, fast.p, dtype=torch.float64)
+    torch.testing.assert_close(fast.hvp(W), slow.hvp(W), **TOL)
+    assert op._dense_data is not None  # ... two hundred do
+    torch.testing.assert_close(fast.hvp(V), slow.hvp(V), **TOL)
+    torch.testing.assert_close(fast.dense(), slow.dense(), **TOL)
+
+
 def test_last_layer_hessian_is_structured_and_exact():
     fast, _slow, task, X, y = _objectives("conv", curvature="hessian", params="head")
     assert fast.structured_operator() is not None

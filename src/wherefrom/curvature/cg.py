@@ -122,10 +122,12 @@ class CGSolver(Preconditioner):
             if not bool(active.any()):
                 it -= 1
                 break
-            idx = torch.nonzero(active).flatten()
+            n_active = int(active.sum())
+            # every column active: plain views, no gathered copies; otherwise the active columns only
+            idx: slice | torch.Tensor = slice(None) if n_active == V.shape[0] else torch.nonzero(active).flatten()
             Di = D[idx]
             AD = self._apply(Di)
-            self.products_ += int(idx.numel())
+            self.products_ += n_active
             dAd = (Di * AD).sum(1)
             if bool((dAd <= 0).any()):
                 worst = float((dAd / (Di * Di).sum(1)).min())

@@ -40,17 +40,24 @@ log = logging.getLogger(__name__)
 
 #: default memory for the kept samples (bytes).
 DEFAULT_BUDGET = 1 << 30
-#: memory of the batches concatenated into one group by the dense closed form (bytes).
-_DENSE_GROUP_BYTES = 256 << 20
+#: memory of the batches concatenated into one group (bytes): kept samples are grouped once, so that products and
+#: the dense closed form run a few large matrix products instead of many small ones.
+_GROUP_BYTES = 64 << 20
+#: elements of the ``[rows, m, d_out]`` temporaries of one chunk of a single-layer product.
+_PRODUCT_ELEMENTS = 1 << 24
 
 
 @dataclass
 class KroneckerPart:
-    """One Kronecker layer of one batch: ``a`` ``[B, T, cols]`` and ``delta`` ``[B, K, T, d_out]``."""
+    """One Kronecker layer of one batch: ``a`` ``[B, T, cols]`` and ``delta`` ``[B, K, T, d_out]``.
+
+    ``M`` (optional, one-position layers): the output curvature ``M_b = Σ_k δ_bk δ_bkᵀ`` ``[B, d_out, d_out]``,
+    formed once when the layer is the only block (then ``C = Σ_b M_b ⊗ ã_b ã_bᵀ`` needs nothing else)."""
 
     spec: LayerSpec
     a: torch.Tensor
     delta: torch.Tensor
+    M: torch.Tensor | None = None
 
 
 @dataclass
@@ -71,7 +78,7 @@ class FactoredBatch:
     @property
     def nbytes(self) -> int:
         total = sum(p.a.numel() * p.a.element_size() + p.delta.numel() * p.delta.element_size()
-                    for p in self.kronecker)
+                    + (0 if p.M is None else p.M.numel() * p.M.element_size()) for p in self.kronecker)
         return total + sum(p.rows.numel() * p.rows.element_size() for p in self.rows)
 
     @property
@@ -130,12 +137,44 @@ def factor_batch(samples: list[Any], layout: list[Any], dtype: torch.dtype, pref
 
 
 # ---------------------------------------------------------------------------------------------- products
+def single_layer_product(part: KroneckerPart, Vl: torch.Tensor, acc: torch.Tensor) -> None:
+    """Add ``Σ_b (M_b (V_l ã_b)) ã_bᵀ`` to ``acc`` ``[m, d_out, cols]`` for a one-position layer that is the only block.
+
+    Two matrix products over the batch (``P = Ã V_lᵀ`` ``[B, m·d_out]`` and ``Pᴹᵀ Ã``) around a batched
+    ``[m, d_out] × [d_out, d_out]`` product with the output curvature ``M_b`` (or ``(P δ_bᵀ) δ_b`` with the ``K``
+    samples when they are fewer than ``d_out``); no permuted copies. Rows are taken in chunks that bound the
+    ``[rows, m, d_out]`` temporaries.
+    """
+    m, o, c = Vl.shape
+    a = part.a[:, 0]
+    Vt = Vl.reshape(m * o, c).T  # [cols, m·o], a transposed view
+    step = max(1, _PRODUCT_ELEMENTS // max(1, m * o))
+    out = acc.view(m * o, c)
+    for r0 in range(0, a.shape[0], step):
+        ar = a[r0: r0 + step]
+        P = (ar @ Vt).view(-1, m, o)  # [rows, m, o]: V_l ã_b
+        if part.M is not None:
+            Q = torch.bmm(P, part.M[r0: r0 + step])  # M_b symmetric
+        else:
+            D = part.delta[r0: r0 + step, :, 0]  # [rows, K, o]
+            Q = torch.bmm(torch.bmm(P, D.transpose(1, 2)), D)
+        out.addmm_(Q.view(-1, m * o).T, ar)
+
+
 def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tensor], out: torch.Tensor) -> None:
     """Add ``Σ_{i∈batch} Σ_k s_ik s_ikᵀ V`` to ``out`` ``[m, p]``.
 
     ``mats`` holds, per Kronecker layer name, ``V`` as layer matrices ``[m, d_out, cols]`` (filled on first use)
     and, under ``name + "/out"``, the layer's accumulated result (written into ``out`` by the caller).
     """
+    if not fb.rows and len(fb.kronecker) == 1 and fb.kronecker[0].a.shape[1] == 1:
+        part = fb.kronecker[0]
+        name = part.spec.name
+        if name not in mats:
+            mats[name] = part.spec.to_matrix(V)
+            mats[name + "/out"] = torch.zeros_like(mats[name])
+        single_layer_product(part, mats[name], mats[name + "/out"])
+        return
     u = None  # [m, B, K]: s_ikᵀ v_m
     for part in fb.kronecker:
         name = part.spec.name
@@ -264,7 +303,7 @@ def _as_slice(i: int | slice) -> slice:
 def _add_kron_block(vi: _LayerViews, vj: _LayerViews, pi: KroneckerPart, pj: KroneckerPart, same: bool) -> None:
     """Add ``Σ_b M_b ⊗ ã_b ã'_bᵀ`` (``M_b = Σ_k δ_bk δ'_bkᵀ``) between two one-position layers (and its mirror)."""
     a, b = pi.a[:, 0], pj.a[:, 0]  # [B, cols], [B, cols']
-    M = torch.einsum("bko,bkq->boq", pi.delta[:, :, 0], pj.delta[:, :, 0])  # [B, o1, o2]
+    M = pi.M if same and pi.M is not None else torch.einsum("bko,bkq->boq", pi.delta[:, :, 0], pj.delta[:, :, 0])
     o1, o2 = M.shape[1], M.shape[2]
     for u in range(o1):
         for w in range(u if same else 0, o2):
@@ -277,6 +316,34 @@ def _add_kron_block(vi: _LayerViews, vj: _LayerViews, pi: KroneckerPart, pj: Kro
                 Yt = Y.T
                 for view, ry, cy in vj.block(vi, w, u):
                     view += Yt[ry, cy]
+
+
+def _add_output_curvature(fb: FactoredBatch) -> None:
+    """Form ``M_b = Σ_k δ_bk δ_bkᵀ`` of a one-position layer that is the batch's only block, when ``d_out ≤ 2K``
+    (``M`` then takes at most twice the memory of ``δ``, and the products need ``d_out²`` instead of ``2·K·d_out``
+    multiply-adds per example and vector; the GGN of a softmax has ``K = d_out − 1``)."""
+    if fb.rows or len(fb.kronecker) != 1:
+        return
+    part = fb.kronecker[0]
+    _b, K, T, o = part.delta.shape
+    if T == 1 and o <= 2 * K:
+        d = part.delta[:, :, 0]
+        part.M = torch.bmm(d.transpose(1, 2), d)
+
+
+def _costs(fb: FactoredBatch) -> tuple[float, float]:
+    """``(multiply-adds of one vector product with the samples, of forming the dense C_data)`` for one batch."""
+    per_vector = build = 0.0
+    for part in fb.kronecker:
+        B, K, T, o = part.delta.shape
+        cols = part.a.shape[2]
+        per_vector += 2 * B * T * o * cols + B * T * o * (o if part.M is not None else 2 * K)
+        build += B * (o * cols) ** 2 / 2 if T == 1 else B * K * (o * cols) ** 2
+    for part in fb.rows:
+        B, K, q = part.rows.shape
+        per_vector += 2 * B * K * q
+        build += B * K * q * q
+    return per_vector, build
 
 
 # ---------------------------------------------------------------------------------------------- the operator
@@ -298,6 +365,25 @@ class StructuredCurvature:
         self.cached = False
         self._batches: list[FactoredBatch] = []
         self.samples_per_example = 0
+        self.vector_products = 0
+        self._dense_data: torch.Tensor | None = None
+        self._dense_cost = self._sample_cost = 0.0
+
+    def _use_dense(self) -> bool:
+        """The cost rule for products (multiply-adds, samples kept): a product with the samples costs ``F`` per vector
+        (``≈ 2·n·p`` for one layer), one with the dense ``C_data`` ``D = p²`` per vector, and forming ``C_data`` once
+        ``B`` (``≈ n·p²/2`` for one layer, plus ``p²`` memory). Switch when the dense matrix is cheaper per vector,
+        fits in ``budget_bytes`` next to the samples, and the vector products taken so far (this call included)
+        would already have paid for forming it: ``vectors · (F − D) ≥ B``. Like renting skis until the rent paid
+        equals the price, this never costs more than twice the better fixed choice, whatever the number of
+        iterations still to come. E.g. logistic regression on digits (p = 650, n = 1297) switches during the
+        first CG iteration with 500 right-hand sides; on MNIST (p = 7,850, n = 5000) after about 18 of them."""
+        p = self.objective.p
+        esize = torch.finfo(self.objective.dtype).bits // 8
+        if not self.cached or p * p * esize + sum(fb.nbytes for fb in self._batches) > self.budget_bytes:
+            return False
+        saving = self._sample_cost - p * p
+        return saving > 0 and self.vector_products * saving >= self._dense_cost
 
     @staticmethod
     def unsupported(objective: Any) -> str | None:
@@ -343,7 +429,9 @@ class StructuredCurvature:
 
     def _fill(self) -> None:
         total = 0
-        batches = []
+        batches: list[FactoredBatch] = []
+        pending: list[FactoredBatch] = []
+        pending_bytes = 0
         for fb in self._iter("curvature samples (structured)"):
             if not self.samples_per_example:
                 self.samples_per_example = fb.samples
@@ -354,8 +442,18 @@ class StructuredCurvature:
                 log.info("structured curvature samples exceed %d MB: they are taken again for every product",
                          self.budget_bytes >> 20)
                 return
-            batches.append(fb)
+            if pending and pending_bytes + fb.nbytes > _GROUP_BYTES:
+                batches.append(_concat(pending))
+                pending, pending_bytes = [], 0
+            pending.append(fb)
+            pending_bytes += fb.nbytes
+        if pending:
+            batches.append(_concat(pending))
+        for fb in batches:
+            _add_output_curvature(fb)
         self._batches, self.cached = batches, True
+        self._dense_cost = sum(_costs(fb)[1] for fb in batches)
+        self._sample_cost = sum(_costs(fb)[0] for fb in batches)
 
     def batches(self) -> Iterator[FactoredBatch]:
         if self.cached:
@@ -368,7 +466,15 @@ class StructuredCurvature:
         return self.cached or self.samples_per_example <= m
 
     def product(self, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]`` (no ``1/n``, no weight decay)."""
+        """``Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]`` (no ``1/n``, no weight decay).
+
+        With the samples kept, products switch to the dense matrix ``C_data`` once that pays (:meth:`_use_dense`)."""
+        self.vector_products += V.shape[0]
+        if self._dense_data is None and self._use_dense():
+            self._dense_data = self.dense()
+            log.info("structured curvature: products use the dense %d×%d matrix from now on", *self._dense_data.shape)
+        if self._dense_data is not None:
+            return V @ self._dense_data.to(V.dtype)  # symmetric: (C Vᵀ)ᵀ = V C
         out = torch.zeros_like(V)
         mats: dict[str, torch.Tensor] = {}
         specs: dict[str, LayerSpec] = {}
@@ -382,9 +488,11 @@ class StructuredCurvature:
     def dense(self) -> torch.Tensor:
         """``Σ_i Σ_k s_ik s_ikᵀ`` as a dense ``[p, p]`` matrix, exactly symmetric (every off-diagonal block is added
         together with its transpose; diagonal blocks are symmetrised)."""
+        if self._dense_data is not None:
+            return self._dense_data.clone()
         obj = self.objective
         H = torch.zeros(obj.p, obj.p, dtype=obj.dtype, device=obj.device)
-        for fb in group_batches(self.batches(), _DENSE_GROUP_BYTES):
+        for fb in group_batches(self.batches(), _GROUP_BYTES):
             batch_dense(fb, H)
         return H
 
