@@ -79,7 +79,7 @@ def _run(method, n_train, n_test, threads, cg_max_iter, queue):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     note = ""
     solver = getattr(attributor, "solver", None)
-    if getattr(solver, "residuals_", None) is not None:
+    if getattr(solver, "residuals_", None) is not None and hasattr(solver, "iterations_"):
         note = f"{solver.iterations_} iterations, max relative residual {float(solver.residuals_.max()):.2g}"
     queue.put((method, t1 - t0, t2 - t1, peak - base, note))
 
@@ -98,9 +98,17 @@ def main() -> None:
         queue = ctx.Queue()
         proc = ctx.Process(target=_run, args=(method, args.n_train, args.n_test, args.threads, args.cg_max_iter, queue))
         proc.start()
-        rows.append(queue.get())
+        while proc.is_alive() or not queue.empty():
+            try:
+                rows.append(queue.get(timeout=5))
+                break
+            except Exception:  # queue.Empty: still running (or crashed: the loop ends with the process)
+                continue
         proc.join()
-        print(f"done {method}", file=sys.stderr)
+        if len(rows) and rows[-1][0] == method:
+            print(f"done {method}: {rows[-1][1:4]}", file=sys.stderr, flush=True)
+        else:
+            print(f"{method} failed (exit code {proc.exitcode})", file=sys.stderr, flush=True)
     print(f"MNIST-LR {args.n_train} train / {args.n_test} test, {args.threads} threads, torch {torch.__version__}")
     print(f"| {'method':<12} | {'fit s':>8} | {'score s':>8} | {'total s':>8} | {'peak MB':>8} | note |")
     print(f"|{'-' * 14}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|---|")
