@@ -128,7 +128,7 @@ class CGSolver(Preconditioner):
             Di = D[idx]
             AD = self._apply(Di)
             self.products_ += n_active
-            dAd = (Di * AD).sum(1)
+            dAd = torch.linalg.vecdot(Di, AD)
             if bool((dAd <= 0).any()):
                 worst = float((dAd / (Di * Di).sum(1)).min())
                 raise NonPositiveDefiniteError(
@@ -138,13 +138,21 @@ class CGSolver(Preconditioner):
                     "semi-definite curvature: InfluenceFunction(..., curvature='ggn')."
                 )
             alpha = (rz[idx] / dAd).unsqueeze(1)
-            X[idx] += alpha * Di
-            Ri = R[idx] - alpha * AD
-            R[idx] = Ri
+            if isinstance(idx, slice):  # in place on the full tensors
+                X.addcmul_(alpha, D)
+                R.addcmul_(alpha, AD, value=-1.0)
+                Ri = R
+            else:
+                X[idx] += alpha * Di
+                Ri = R[idx] - alpha * AD
+                R[idx] = Ri
             Zi = self._minv(Ri)
-            rz_new = (Ri * Zi).sum(1)
+            rz_new = torch.linalg.vecdot(Ri, Zi)
             beta = (rz_new / rz[idx].clamp_min(tiny)).unsqueeze(1)
-            D[idx] = Zi + beta * Di
+            if isinstance(idx, slice):
+                D.mul_(beta).add_(Zi)
+            else:
+                D[idx] = Zi + beta * Di
             rz[idx] = rz_new
             res[idx] = Ri.norm(dim=1) / v_norm[idx]
             col_iters[idx] += 1

@@ -183,7 +183,7 @@ class TrainingObjective(CurvatureOperator):
         V = V.reshape(-1, self.p).to(self.dtype)
         op = self.structured_operator()
         if op is not None and op.worth_it(V.shape[0]):
-            out = op.product(V) / self.n + self.weight_decay * V
+            out = op.product(V).div_(self.n).add_(V, alpha=self.weight_decay)
             self.hvp_count += V.shape[0] * self.n
             return out[0] if squeeze else out
         out = torch.zeros_like(V)
