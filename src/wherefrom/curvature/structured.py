@@ -82,8 +82,8 @@ class FactoredBatch:
         return self.rows[0].rows.shape[1]
 
 
-    def subset(self, indices: torch.Tensor) -> FactoredBatch:
-        """The samples of the examples ``indices`` (positions in this batch)."""
+    def subset(self, indices: torch.Tensor | slice) -> FactoredBatch:
+        """The samples of the examples ``indices`` (positions in this batch; a slice gives views)."""
         return FactoredBatch([KroneckerPart(p.spec, p.a[indices], p.delta[indices]) for p in self.kronecker],
                              [RowsPart(p.index, p.rows[indices]) for p in self.rows])
 
@@ -363,9 +363,13 @@ class StructuredCurvature:
     def whole(self) -> FactoredBatch | None:
         """The kept samples of the whole training set as one :class:`FactoredBatch` (built on first use)."""
         if self._whole is None:
-            self._whole = stack_batches(self._batches) if self.cached else None
-            if self._whole is not None:
-                self._batches = [self._whole]  # one copy of the samples
+            whole = stack_batches(self._batches) if self.cached else False
+            if whole is not False:  # keep one copy: the batches become views of the stacked samples
+                sizes = [fb.kronecker[0].a.shape[0] if fb.kronecker else fb.rows[0].rows.shape[0]
+                         for fb in self._batches]
+                starts = [sum(sizes[:k]) for k in range(len(sizes))]
+                self._batches = [whole.subset(slice(a, a + b)) for a, b in zip(starts, sizes)]  # type: ignore
+            self._whole = whole
         return self._whole or None
 
     def dense(self) -> torch.Tensor:
