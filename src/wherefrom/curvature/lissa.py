@@ -139,7 +139,8 @@ class LissaSolver(Preconditioner):
         if residual <= self.residual_tolerance:
             return
         needed = self.depth_needed(residual)
-        advice = (f"use depth={needed} (extrapolated) or a larger damping" if needed is not None
+        advice = (f"use depth={needed} (extrapolated), a larger hvp_batch_size (less mini-batch noise) or a larger "
+                  "damping" if needed is not None
                   else "raise the damping or hvp_batch_size; the series does not contract at this scale")
         warn(f"LiSSA did not converge: largest relative residual ‖v − (H+λI)x‖/‖v‖ = {residual:.3g} after "
              f"depth={self.depth} (tolerance {self.residual_tolerance:g}); {advice}. Scores are inexact.",
