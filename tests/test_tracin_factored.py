@@ -76,6 +76,8 @@ def test_factored_tracincp_equals_explicit_dot_products():
     torch.testing.assert_close(tracin.self_influence(), self_expected, rtol=1e-10, atol=1e-12)
     full = wf.TracInCP(wf.Task(model), checkpoints=cks, learning_rates=lrs, gradients="full").fit((X, y))
     torch.testing.assert_close(full.score((Xt, yt)), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(wf.errors.WherefromError, match="gradients='full'"):
+        tracin.score_by_module((Xt, yt))
 
 
 def test_factored_positions_and_save_load(tmp_path, monkeypatch):

@@ -108,6 +108,13 @@ class TracInCP(ComposedAttributor):
         acc = sum(self._weights[c] * src.self_inner(F) for c, (_, F) in enumerate(parts))
         return self._finish(start, acc.unsqueeze(1), 1.0)[:, 0]  # type: ignore[union-attr]
 
+    def score_by_module(self, test: DataLike) -> dict[str, torch.Tensor]:
+        if self._factored is not None:
+            raise WherefromError("score_by_module needs explicit per-example gradients, but this TracInCP keeps "
+                                 f"layers {[f.name for f in self._factored.factored_]} as factors: construct it with "
+                                 "gradients='full' (and one checkpoint).")
+        return super().score_by_module(test)
+
     def _fitted_state(self, directory: str) -> dict[str, Any]:
         state = super()._fitted_state(directory)
         if isinstance(self.source, FactoredGradients):

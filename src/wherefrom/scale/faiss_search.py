@@ -60,7 +60,7 @@ def query_side(attributor: Any, test: Any) -> torch.Tensor:
     parts = []
     for c in range(len(attributor._stores)):
         TQ, col = attributor._query(c, loader)
-        y = attributor._weights[c] * TQ.to(torch.float64)
+        y = attributor._weights[c] * attributor.source.dot_rows(TQ).to(torch.float64)
         if col is not None:
             y = y * col.to(y).unsqueeze(1)
         parts.append(y)
@@ -74,7 +74,7 @@ def training_blocks(attributor: Any):
         start = parts[0][0]
         cols = []
         for c, (_, F) in enumerate(parts):
-            x = F.to(torch.float64)
+            x = attributor.source.dot_rows(F).to(torch.float64)
             row = attributor._similarity_states[c].get("row")
             if row is not None:
                 x = x * row[start: start + F.shape[0]].to(x).unsqueeze(1)

@@ -211,6 +211,17 @@ class FactoredGradients(GradientSource):
                 out += (aa * dd).sum(dim=(1, 3))
         return out
 
+    def dot_rows(self, F: torch.Tensor) -> torch.Tensor:
+        """Explicit rows ``[B, p']`` (the explicit block, then ``vec(Σ_t δ_t ã_tᵀ)`` per factored layer) whose plain
+        dot products equal :meth:`inner` (for inner-product search)."""
+        if not self.factored_:
+            return F
+        parts = [F[:, : self.factored_[0].offset]]
+        for f in self.factored_:
+            a, d = self._factors(F, f)
+            parts.append(torch.einsum("bto,bti->boi", d, a).reshape(F.shape[0], -1))
+        return torch.cat(parts, dim=1)
+
     def self_inner(self, F: torch.Tensor) -> torch.Tensor:
         """``‖g_i‖²`` for feature rows ``F`` ``[B, dim]`` → ``[B]``."""
         if not self.factored_:
