@@ -138,6 +138,7 @@ def run_method(name: str, task: wf.Task, train, test, args: argparse.Namespace, 
     ex = wf.Execution(batch_size=args.batch_size, block_size=args.chunk, store="zarr", cache_dir=cache,
                       dtype=getattr(torch, args.dtype))
     att = make_method(name, task, ex, args)
+    planned = wf.scale.plan(att, n_train=args.n, n_test=args.n_test, k=args.k)
     build = att._build_store
     spent = {"featurise": 0.0}
 
@@ -157,7 +158,8 @@ def run_method(name: str, task: wf.Task, train, test, args: argparse.Namespace, 
     top = clock.run(f"{name}: top-k", wf.scale.top_k, att, test, args.k)
     store = att._stores[0]
     check = {"check": brute_force_check(att, test, top, args.k)} if args.check else {}
-    return {**check, "dim": store.dim, "chunk_rows": store.chunk_rows, "dtype": store.dtype_name,
+    plan = {s.name: {"memory": planned.baseline + s.memory, "disk": s.disk} for s in planned.stages}
+    return {**check, "plan": plan, "dim": store.dim, "chunk_rows": store.chunk_rows, "dtype": store.dtype_name,
             "disk_bytes": store.nbytes_on_disk(), "store": store.path,
             "top_k_shapes": [list(top.helpful_indices.shape), list(top.harmful_indices.shape)],
             "first_query": {"helpful": top.helpful_indices[0].tolist(), "harmful": top.harmful_indices[0].tolist()}}

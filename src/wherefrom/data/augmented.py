@@ -102,6 +102,11 @@ class AugmentedMNIST(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_bank"] = None  # made again from the seed where it is needed (keeps what Dask ships small)
+        return state
+
     def noise_bank(self) -> torch.Tensor:
         """``[BANK_ROWS, 784]`` unit-variance uniform noise images, ``√3·(2 u_6(j·784 + p) − 1)``; made from the
         seed on first use."""
