@@ -24,6 +24,7 @@ import copy
 import json
 import os
 import pickle
+import resource
 import shutil
 import time
 from typing import Any
@@ -46,6 +47,13 @@ def task_times(stream: list[dict[str, Any]]) -> dict[str, float]:
             start, stop = (s["start"], s["stop"]) if isinstance(s, dict) else (s[1], s[2])
             out[action] = out.get(action, 0.0) + (stop - start)
     return out
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its finished (waited-for) child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def warm_worker() -> None:
@@ -94,20 +102,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = workload.train_mlp(train, examples=min(args.n, 65_536))
     task = wf.Task(model)
     loader = train.loader(args.batch_size)
-    report: dict[str, Any] = {"n": args.n, "n_test": args.n_test, "k": args.k, "workers": args.workers,
-                              "chunk_rows": args.chunk, "load_avg_start": os.getloadavg()}
+    report: dict[str, Any] = {"keep_freed": args.keep_freed, "n": args.n, "n_test": args.n_test, "k": args.k,
+                              "workers": args.workers, "chunk_rows": args.chunk, "load_avg_start": os.getloadavg()}
 
+    cpu0 = cpu_seconds()
     one = make(task, os.path.join(args.out, "one"), args)
     _, fit1 = timed(wf.scale.fit, one, loader)
     top1, topk1 = timed(wf.scale.top_k, one, test, args.k, backend="streaming")
     si1, self1 = timed(wf.scale.self_influence, one)
     _, faiss1 = timed(wf.scale.top_k, one, test, args.k)
-    report["one_process"] = {"fit_s": fit1, "top_k_s": topk1, "self_influence_s": self1, "faiss_top_k_s": faiss1}
+    cpu1 = cpu_seconds()
+    report["one_process"] = {"fit_s": fit1, "top_k_s": topk1, "self_influence_s": self1, "faiss_top_k_s": faiss1,
+                             "cpu_s (fit, top-k, self-influence, FAISS top-k)": cpu1[0] - cpu0[0]}
     print(f"one process: fit {fit1:.1f} s, top-k {topk1:.1f} s (FAISS {faiss1:.1f} s), self-influence {self1:.1f} s",
           flush=True)
 
+    env = {"MALLOC_TRIM_THRESHOLD_": str(2 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 30)} if args.keep_freed else {}
     (client, startup) = timed(wf.scale.local_client, n_workers=args.workers, threads_per_worker=1,
-                              memory_limit=args.memory_limit)
+                              memory_limit=args.memory_limit, env=env)
     _, warm = timed(client.run, warm_worker)
     try:
         two = make(task, os.path.join(args.out, "dask"), args)
@@ -120,9 +132,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         streams = {"fit": fit_stream.data, "top_k": top_stream.data, "self_influence": si_stream.data}
     finally:
         (_, shutdown) = timed(lambda: (client.close(), client.cluster.close()))
+    cpu2 = cpu_seconds()
     walls = {"fit": fit2, "top_k": topk2, "self_influence": self2}
     report["dask"] = {"startup_s": startup, "worker_imports_s": warm, "shutdown_s": shutdown, "fit_s": fit2,
-                      "top_k_s": topk2, "self_influence_s": self2}
+                      "top_k_s": topk2, "self_influence_s": self2,
+                      "cpu_s client process": cpu2[0] - cpu1[0], "cpu_s workers, scheduler": cpu2[1] - cpu1[1]}
     featurizer = ChunkFeaturizer(one.source, one._states[0], 0, one.train_function, train, args.batch_size,
                                  loader.collate_fn, torch.float16)
     light = copy.copy(one)
@@ -161,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--memory-limit", default="2GB")
+    ap.add_argument("--keep-freed", action="store_true",
+                    help="workers keep freed memory for reuse (Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536)")
     ap.add_argument("--out", default=os.path.join(HERE, "scale_dask_out"))
     ap.add_argument("--json", default=os.path.join(HERE, "scale_dask.json"))
     args = ap.parse_args(argv)
@@ -177,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {stage}: {int(t['tasks'])} tasks, compute {t.get('compute', 0):.1f} s, transfer "
               f"{t.get('transfer', 0):.2f} s, deserialize {t.get('deserialize', 0):.2f} s, "
               f"overhead (workers x wall - compute) {d[f'{stage}_overhead_s']:.1f} s")
+    print(f"CPU seconds: one process {r['one_process']['cpu_s (fit, top-k, self-influence, FAISS top-k)']:.1f} "
+          f"(includes the FAISS top-k {r['one_process']['faiss_top_k_s']:.1f} s wall); dask client "
+          f"{d['cpu_s client process']:.1f} + workers and scheduler {d['cpu_s workers, scheduler']:.1f}")
     print(f"shipped: {r['shipped_bytes']}; agreement: {r['agreement']}; load {r['load_avg_start']} -> "
           f"{r['load_avg_end']}")
     if args.json:
