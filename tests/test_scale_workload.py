@@ -55,6 +55,16 @@ def test_same_index_same_image_alone_or_in_any_block_or_order():
     assert torch.equal(again.block(idx)[0], x)
 
 
+def test_pickled_dataset_ships_without_its_noise_bank_and_gives_the_same_images():
+    import pickle
+
+    ds = AugmentedMNIST(10_000, seed=2)
+    x, _ = ds.block([3, 9_999])
+    shipped = pickle.dumps(ds)
+    assert ds._bank is not None and len(shipped) < len(pickle.dumps(ds.images)) + 1_000_000  # images, not the bank
+    assert torch.equal(pickle.loads(shipped).block([3, 9_999])[0], x)
+
+
 def test_loaders_give_the_block_images():
     ds = AugmentedMNIST(700, seed=1)
     plain = torch.cat([b[0] for b in DataLoader(ds, batch_size=128)])  # default collate, through __getitems__
