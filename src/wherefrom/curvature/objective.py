@@ -22,7 +22,7 @@ from torch.func import grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader
 
 from wherefrom.batches import batch_loop
-from wherefrom.curvature.gauss_newton import check_curvature
+from wherefrom.curvature.gauss_newton import check_curvature, cross_entropy_output_product, is_cross_entropy
 from wherefrom.curvature.space import CurvatureOperator
 from wherefrom.curvature.structured import StructuredCurvature
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
@@ -145,10 +145,11 @@ class TrainingObjective(CurvatureOperator):
         outputs, vjp_fn = vjp(out_fn, self.theta)
         outputs = outputs.detach()
         g_out = grad(lambda o: task.loss_fn(o, batch).sum())
+        closed = is_cross_entropy(task.loss_fn) and outputs.ndim == 2  # Λ u = π ⊙ u − π (πᵀu), no autodiff
 
         def one(v: torch.Tensor) -> torch.Tensor:
             Jv = jvp(out_fn, (self.theta,), (v,))[1]
-            LJv = jvp(g_out, (outputs,), (Jv,))[1]
+            LJv = cross_entropy_output_product(outputs, batch, Jv) if closed else jvp(g_out, (outputs,), (Jv,))[1]
             return vjp_fn(LJv)[0]
 
         return torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
