@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from wherefrom.batches import batch_loop
 from wherefrom.curvature.gauss_newton import check_curvature, cross_entropy_output_product, is_cross_entropy
+from wherefrom.curvature.linearised import LinearisedHessian
 from wherefrom.curvature.space import CurvatureOperator
 from wherefrom.curvature.structured import StructuredCurvature
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
@@ -45,10 +46,12 @@ class TrainingObjective(CurvatureOperator):
         features: stored per-example training gradients (read by :meth:`feature_blocks` instead of recomputing).
         structured: ``"auto"`` (default): products and the dense matrix come from factored curvature samples taken
             once (:mod:`wherefrom.curvature.structured`) whenever the model and curvature allow it (every curvature
-            but the Hessian of a model that is not affine in its selected parameters), Hessian-vector products
-            otherwise; ``True``: the same, but an error when the structure is missing; ``False``: always
-            Hessian-vector products.
-        structured_budget_mb: memory for the kept samples; beyond it they are taken again for every product.
+            but the Hessian of a model that is not affine in its selected parameters); otherwise Hessian-vector
+            products through per-batch gradient graphs built once and kept (:mod:`wherefrom.curvature.linearised`),
+            or recomputed for every product when they do not fit; ``True``: the same, but an error when the
+            structure is missing; ``False``: always recomputed Hessian-vector products.
+        structured_budget_mb: memory for the kept samples (or kept gradient graphs); beyond it they are taken again
+            for every product.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class TrainingObjective(CurvatureOperator):
         self.structured = structured
         self.structured_budget_mb = float(structured_budget_mb)
         self._structured: StructuredCurvature | bool | None = None  # None: not tried yet; False: unavailable
+        self._linearised: LinearisedHessian | bool | None = None
 
     @property
     def task(self) -> Task:
@@ -167,6 +171,16 @@ class TrainingObjective(CurvatureOperator):
             self._structured = op if op is not None else False
         return self._structured or None
 
+    def linearised_operator(self) -> LinearisedHessian | None:
+        """Hessian products from gradient graphs kept across products (:mod:`wherefrom.curvature.linearised`),
+        built on first use when there is no structured form; ``None`` when unavailable or over the budget."""
+        if self._linearised is None:
+            op = None
+            if self.structured is not False:
+                op = LinearisedHessian.for_objective(self, int(self.structured_budget_mb * (1 << 20)))
+            self._linearised = op if op is not None else False
+        return self._linearised or None
+
     def dense(self, chunk: int = 256) -> torch.Tensor:
         """The full ``[p, p]`` curvature: in closed form from the structured samples when the model allows it,
         else column block by column block (``p`` products with unit vectors)."""
@@ -186,6 +200,11 @@ class TrainingObjective(CurvatureOperator):
         op = self.structured_operator()
         if op is not None and op.worth_it(V.shape[0]):
             out = op.product(V) / self.n + self.weight_decay * V
+            self.hvp_count += V.shape[0] * self.n
+            return out[0] if squeeze else out
+        lin = self.linearised_operator() if op is None else None
+        if lin is not None:
+            out = lin.product(V) / self.n + self.weight_decay * V
             self.hvp_count += V.shape[0] * self.n
             return out[0] if squeeze else out
         out = torch.zeros_like(V)
