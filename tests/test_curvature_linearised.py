@@ -1,6 +1,8 @@
 """Hessian products through kept gradient graphs against the recomputed forward-over-reverse products and the dense
 Hessian of brute-force autodiff, on nonlinear models with Linear, Conv2d and Embedding layers."""
 
+import copy
+
 import pytest
 import torch
 
@@ -20,6 +22,8 @@ def test_kept_graph_products_equal_the_recomputed_products_and_the_dense_hessian
         torch.testing.assert_close(fast.hvp(V), ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(slow.hvp(V), ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast.hvp(V[0]), ref[0], rtol=1e-10, atol=1e-12)
+    clone = copy.deepcopy(fast)  # the graphs stay behind and are rebuilt
+    torch.testing.assert_close(clone.hvp(V), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_graphs_over_the_budget_fall_back_and_full_rank_arnoldi_is_the_explicit_solve():

@@ -14,6 +14,7 @@ is the parameter-space implementation of the curvature-space interface (:mod:`wh
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ from wherefrom.gradients import per_example_grad_fn
 from wherefrom.sources.full import FullGradients
 from wherefrom.store import FeatureStore
 from wherefrom.task import Task
+
+log = logging.getLogger(__name__)
 
 
 class TrainingObjective(CurvatureOperator):
@@ -171,6 +174,13 @@ class TrainingObjective(CurvatureOperator):
             self._structured = op if op is not None else False
         return self._structured or None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the kept gradient graphs behind (autograd graphs cannot be copied; they are
+        rebuilt on first use)."""
+        state = self.__dict__.copy()
+        state["_linearised"] = None
+        return state
+
     def linearised_operator(self) -> LinearisedHessian | None:
         """Hessian products from gradient graphs kept across products (:mod:`wherefrom.curvature.linearised`),
         built on first use when there is no structured form; ``None`` when unavailable or over the budget."""
@@ -204,9 +214,14 @@ class TrainingObjective(CurvatureOperator):
             return out[0] if squeeze else out
         lin = self.linearised_operator() if op is None else None
         if lin is not None:
-            out = lin.product(V) / self.n + self.weight_decay * V
-            self.hvp_count += V.shape[0] * self.n
-            return out[0] if squeeze else out
+            try:
+                out = lin.product(V) / self.n + self.weight_decay * V
+            except (RuntimeError, NotImplementedError) as exc:  # an operation without a second derivative
+                log.info("Hessian products through kept gradient graphs failed (%s); recomputing them", exc)
+                self._linearised = False
+            else:
+                self.hvp_count += V.shape[0] * self.n
+                return out[0] if squeeze else out
         out = torch.zeros_like(V)
         for start, batch in batch_loop(self.task, self.require_data(), self.state, check=False, progress=self.progress,
                                        desc="Hessian-vector products"):
