@@ -24,12 +24,12 @@ from wherefrom.features.shapley import relevant_first, shapley_three, shapley_tw
 D = torch.float64
 
 
-def _check_every_node(model, x, masks):
+def _check_every_node(model, x, masks, min_nodes=10):
     dec = Decomposer(model)
     recorded = dec.trace_nodes(x, masks)
     forward = forward_values(model, dec.graph, repeat_input(x, masks.shape[0]))
     worst, count = worst_completeness_error(recorded, forward)
-    assert count >= 10
+    assert count >= min_nodes
     assert worst < 1e-8, worst
     return dec
 
@@ -303,3 +303,35 @@ def test_smooth_activation_rules_are_the_two_player_shapley_value(module):
     else:  # f(0) is split like a bias: the relevant share stays between the bare Shapley value and it plus f(0)
         assert torch.all((rel - share_b) * (zero - (rel - share_b)) >= -1e-12)
     assert torch.all(irrel.isfinite())
+
+
+class TinySelfAttention(nn.Module):
+    """One head of self-attention over a [N, T, d] sequence, with a LayerNorm and a residual."""
+
+    def __init__(self, d: int = 4, value_bias: bool = True, residual: bool = True):
+        super().__init__()
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+        self.v = nn.Linear(d, d, bias=value_bias)
+        self.out = nn.Linear(d, 2, bias=value_bias)
+        self.residual = residual
+
+    def forward(self, x):
+        a = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
+        if self.residual:
+            a = F.layer_norm(a + x, (x.shape[-1],))
+        return self.out(a.mean(dim=1))
+
+
+def test_attention_rule_freezes_the_weights_at_the_full_input():
+    torch.manual_seed(5)
+    x = torch.randn(2, 5, 4, dtype=D)
+    masks = (torch.rand(4, 1, 5, 4, dtype=D) > 0.5).to(D)
+    _check_every_node(TinySelfAttention().to(D), x, masks, min_nodes=8)
+    # without biases and residual the relevant part is W_o mean_t(A W_v (m ⊙ x)) with A from the full input
+    model = TinySelfAttention(value_bias=False, residual=False).to(D)
+    mask = masks[0, 0]
+    rel, irrel = cd(model, x, mask)
+    weights = torch.softmax(model.q(x) @ model.k(x).transpose(1, 2) / 2.0, dim=-1)
+    expected = model.out((weights @ model.v(x * mask)).mean(dim=1))
+    torch.testing.assert_close(rel, expected.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(rel + irrel, model(x).detach(), atol=1e-12, rtol=0)

@@ -198,6 +198,31 @@ def _smooth_function(fn: Callable[..., Tensor]) -> Callable[..., Parts]:
     return rule
 
 
+def _full(x: Any) -> Any:
+    return x.full if isinstance(x, Parts) else x
+
+
+def _scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: Tensor | None = None,
+                                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                                  enable_gqa: bool = False) -> Parts:
+    """Attention with its weights frozen at the full input: ``A = softmax(q kᵀ·scale + mask)`` from ``q = β_q + γ_q``
+    and ``k = β_k + γ_k``, then ``β' = A β_v``, ``γ' = A γ_v`` (attention is linear in the values for fixed weights).
+
+    The parts sum to the attention output exactly; how the input moves the weights themselves is not attributed.
+    """
+    if dropout_p:
+        raise DecompositionError("scaled_dot_product_attention with dropout_p > 0 has no per-example "
+                                 "decomposition: call model.eval() (or pass dropout_p=0).")
+    p = _as_parts(value, F.scaled_dot_product_attention)
+    q, k = _full(query), _full(key)
+
+    def attend(v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
+
+    return Parts(attend(p.rel), attend(p.irrel))
+
+
 # ----------------------------------------------------------------------------------------------- pooling
 def _gather_pooled(p: Parts, out: Tensor, idx: Tensor) -> Parts:
     """Pick, from each part, the entries at the flat spatial ``idx`` of the pooled full activation."""
@@ -431,6 +456,7 @@ def _register_builtins() -> None:
     for fn in (F.gelu, F.silu, F.mish, F.elu, F.celu, F.selu, F.softplus, F.softsign, F.logsigmoid, F.hardtanh,
                F.hardswish, F.hardsigmoid, F.tanhshrink):
         register_rule(fn, _smooth_function(fn))
+    register_rule(F.scaled_dot_product_attention, _scaled_dot_product_attention)
     register_rule(nn.LayerNorm, _layer_norm_module)
     register_rule(F.layer_norm, _functional_layer_norm)
     register_rule(nn.RMSNorm, _rms_norm_module)
