@@ -57,10 +57,12 @@ def kronecker_block(spec: LayerSpec) -> FeatureBlock:
 @dataclass
 class SampleBatch:
     """Features of one batch in factored form: ``kronecker[block] = (a [B, T, cols], δ [B, T, d_out])`` and
-    ``dense[block] = rows [B, size]``."""
+    ``dense[block] = rows [B, size]``; ``positions[block]``: the real (non-padding) positions of a Kronecker block
+    (absent: all ``B·T``)."""
 
     kronecker: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
 
     def rows(self, layout: list[FeatureBlock], dim: int) -> torch.Tensor:
         """The flat feature rows ``[B, dim]`` (Kronecker blocks expanded to ``Σ_t δ_t ãᵀ_t``)."""
