@@ -125,27 +125,42 @@ def memory_probe(n: int, cache: str) -> dict[str, int]:
     return out
 
 
-def planner_probe(n: int, cache: str, width: int = 256, classes: int = 32, batch_size: int = 256) -> dict:
+def planner_probe(n: int, cache: str, width: int = 256, classes: int = 32, batch_size: int = 256,
+                  n_test: int = 100, k: int = 10) -> dict:
     """Featurise ``n`` examples with Grad-Dot (full gradients of a ``Linear(width, classes)``) into a zarr store;
     return the measured peak memory above the level before the fit, the store's bytes on disk, and what
-    :func:`wherefrom.scale.plan` predicts for both (its ``featurise`` stage, baseline excluded)."""
+    :func:`wherefrom.scale.plan` predicts for both (its ``featurise`` stage, baseline excluded); then the same
+    for the FAISS top-k, the streaming top-k and self-influence of ``n_test`` queries (``stages``), each measured
+    once, in this order, above the level before it."""
     import gc
+
+    import faiss  # noqa: F401  (imported before any measurement)
 
     import wherefrom as wf
 
     torch.manual_seed(0)
     task = wf.Task(torch.nn.Linear(width, classes))
     X, y = torch.randn(n, width), torch.randint(0, classes, (n,))
+    test = (torch.randn(n_test, width), torch.randint(0, classes, (n_test,)))
     ex = wf.Execution(batch_size=batch_size, store="zarr", cache_dir=os.path.join(cache, "measured"))
     warm = wf.Execution(batch_size=batch_size, store="zarr", cache_dir=os.path.join(cache, "warm"))
-    wf.GradDot(task, execution=warm).fit((X[:batch_size], y[:batch_size]))  # imports, allocator pools
+    small = wf.GradDot(task, execution=warm).fit((X[:batch_size], y[:batch_size]))  # imports, allocator pools
+    wf.scale.top_k(small, test, k)
     att = wf.GradDot(task, execution=ex)
-    predicted = wf.scale.plan(att, n_train=n).stage("featurise")
+    plan = wf.scale.plan(att, n_train=n, n_test=n_test, k=k)
+    predicted = plan.stage("featurise")
     gc.collect()
     memory, _ = peak_rss_during(lambda: att.fit((X, y)))
     disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(ex.cache_dir) for f in files)
+    stages = {}
+    for name, fn in [("top-k (faiss)", lambda: wf.scale.top_k(att, test, k)),
+                     ("top-k (stream)", lambda: att.top_k(test, k)),
+                     ("self-influence", att.self_influence)]:
+        gc.collect()
+        measured, _ = peak_rss_during(fn)
+        stages[name] = {"predicted": plan.stage(name).memory, "measured": measured}
     return {"n": n, "dim": task.num_params, "predicted_memory": predicted.memory, "measured_memory": memory,
-            "predicted_disk": predicted.disk, "measured_disk": disk}
+            "predicted_disk": predicted.disk, "measured_disk": disk, "stages": stages}
 
 
 if __name__ == "__main__":

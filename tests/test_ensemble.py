@@ -73,3 +73,21 @@ def test_no_dropout_layer_is_an_error():
         DropoutEnsemble(wf.Task(model), lambda t: wf.GradDot(t), n_masks=2).fit(_data(4, 0))
     with pytest.raises(wf.WherefromError, match="not a dropout"):
         masked_copy(Net(), ["fc1"], None, [0])
+
+
+def test_saved_ensemble_reloads_every_member_and_checks_the_task(tmp_path):
+    torch.manual_seed(0)
+    model = Net(0.5).double().eval()
+    Xtr, ytr = _data(12, 1)
+    Xte, yte = _data(4, 2)
+    make = lambda t: wf.GradDot(t, progress=False)  # noqa: E731
+    ens = DropoutEnsemble(wf.Task(model), make, n_masks=3, seed=7).fit((Xtr, ytr))
+    ens.save(tmp_path / "ens")
+    with pytest.raises(wf.WherefromError, match="make_attributor"):
+        wf.load(tmp_path / "ens", wf.Task(model))
+    again = wf.load(tmp_path / "ens", wf.Task(model), make_attributor=make)
+    torch.testing.assert_close(again.score((Xte, yte)), ens.score((Xte, yte)), rtol=0, atol=0)
+    torch.testing.assert_close(again.self_influence(), ens.self_influence(), rtol=0, atol=0)
+    other = Net(0.5).double().eval()
+    with pytest.raises(wf.WherefromError, match="another task"):
+        wf.load(tmp_path / "ens", wf.Task(other), make_attributor=make)

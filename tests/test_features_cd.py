@@ -6,6 +6,7 @@ import operator
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import wherefrom as wf
@@ -23,12 +24,12 @@ from wherefrom.features.shapley import relevant_first, shapley_three, shapley_tw
 D = torch.float64
 
 
-def _check_every_node(model, x, masks):
+def _check_every_node(model, x, masks, min_nodes=10):
     dec = Decomposer(model)
     recorded = dec.trace_nodes(x, masks)
     forward = forward_values(model, dec.graph, repeat_input(x, masks.shape[0]))
     worst, count = worst_completeness_error(recorded, forward)
-    assert count >= 10
+    assert count >= min_nodes
     assert worst < 1e-8, worst
     return dec
 
@@ -155,14 +156,14 @@ def test_shapley_identities_of_the_two_and_three_player_rules():
     assert (float(second.rel), float(second.irrel)) == (0.0, 0.0)
 
 
-class WithLayerNorm(nn.Module):
+class WithSoftmax(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.norm = nn.LayerNorm(4)
+        self.soft = nn.Softmax(dim=-1)
 
     def forward(self, x):
-        return self.norm(self.fc(x))
+        return self.soft(self.fc(x))
 
 
 class WithExp(nn.Module):
@@ -172,8 +173,8 @@ class WithExp(nn.Module):
 
 def test_an_op_without_a_rule_raises_naming_the_op_and_the_node():
     x = torch.randn(2, 4)
-    with pytest.raises(MissingRuleError, match=r"LayerNorm.*'norm'"):
-        cd(WithLayerNorm().eval(), x, torch.ones(4))
+    with pytest.raises(MissingRuleError, match=r"Softmax.*'soft'"):
+        cd(WithSoftmax().eval(), x, torch.ones(4))
     with pytest.raises(MissingRuleError, match=r"torch\.exp.*graph node 'exp'"):
         cd(WithExp(), x, torch.ones(4))
     assert issubclass(MissingRuleError, wf.WherefromError)
@@ -227,3 +228,110 @@ def test_cd_runs_on_the_data_device_and_keeps_dtype():
     x = torch.randn(4, 3, dtype=D)
     rel, _irrel = cd(model, x, np.array([1, 0, 1]))
     assert rel.dtype == D and rel.device == x.device
+
+
+class TransformerStyleMLP(nn.Module):
+    """Linear / LayerNorm / GELU / SiLU / RMSNorm / Softplus / ELU, modules and functional forms, with a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.norm1 = nn.LayerNorm(8)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(8, 8)
+        self.rms = nn.RMSNorm(8)
+        self.soft = nn.Softplus(beta=2.0)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.gelu(self.norm1(self.fc1(x)))
+        h = h + F.silu(self.fc2(h))
+        h = F.layer_norm(h, (8,), self.norm1.weight * 0.5, None, 1e-3)
+        h = F.gelu(self.rms(h), approximate="tanh") + F.elu(h, 0.7)
+        return self.out(self.soft(h))
+
+
+def test_completeness_at_every_node_with_layer_norm_gelu_and_friends():
+    torch.manual_seed(3)
+    model = TransformerStyleMLP().to(D)
+    with torch.no_grad():
+        for m in (model.norm1, model.rms):
+            m.weight.uniform_(0.5, 1.5)
+        model.norm1.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 6, dtype=D)
+    masks = (torch.rand(5, 1, 6, dtype=D) > 0.5).to(D)
+    masks[4] = torch.rand(1, 6, dtype=D)
+    _check_every_node(model, x, masks)
+    rel, _ = cd(model, x, torch.ones(6, dtype=D))
+    torch.testing.assert_close(rel, model(x).detach(), atol=1e-12, rtol=0)
+
+
+def test_layer_norm_rule_is_the_normalisation_with_frozen_statistics():
+    x = torch.randn(4, 5, dtype=D)
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], dtype=D)
+    var, _ = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
+    for norm, centred in ((nn.LayerNorm(5, elementwise_affine=False, eps=1e-4), True),
+                          (nn.RMSNorm(5, elementwise_affine=False, eps=1e-4), False)):
+        rel, irrel = cd(norm.to(D), x, mask)
+        part = x * mask
+        if centred:
+            expected = (part - part.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-4)
+        else:
+            expected = part / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-4)
+        torch.testing.assert_close(rel, expected, atol=1e-12, rtol=0)
+        torch.testing.assert_close(rel + irrel, norm(x), atol=1e-12, rtol=0)
+    # a relevant part that is constant over the normalised features gets nothing under LayerNorm
+    flat = torch.full((2, 5), 3.0, dtype=D)
+    rel, _ = cd(nn.LayerNorm(5, elementwise_affine=False).to(D), flat, torch.ones(5, dtype=D))
+    torch.testing.assert_close(rel, torch.zeros_like(rel), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("module", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(0.5),
+                                    nn.Softplus(beta=3.0), nn.Mish()])
+def test_smooth_activation_rules_are_the_two_player_shapley_value(module):
+    x = torch.randn(3, 7, dtype=D)
+    mask = (torch.rand(7) > 0.5).to(D)
+    rel, irrel = cd(module, x, mask)
+    b, g = x * mask, x * (1 - mask)
+    zero = module(torch.zeros((), dtype=D))
+    share_b = 0.5 * (module(b) - zero + module(x) - module(g))
+    share_g = 0.5 * (module(g) - zero + module(x) - module(b))
+    torch.testing.assert_close(rel + irrel, module(x), atol=1e-12, rtol=0)
+    if float(zero) == 0.0:
+        torch.testing.assert_close(rel, share_b, atol=1e-12, rtol=0)
+        torch.testing.assert_close(irrel, share_g, atol=1e-12, rtol=0)
+    else:  # f(0) is split like a bias: the relevant share stays between the bare Shapley value and it plus f(0)
+        assert torch.all((rel - share_b) * (zero - (rel - share_b)) >= -1e-12)
+    assert torch.all(irrel.isfinite())
+
+
+class TinySelfAttention(nn.Module):
+    """One head of self-attention over a [N, T, d] sequence, with a LayerNorm and a residual."""
+
+    def __init__(self, d: int = 4, value_bias: bool = True, residual: bool = True):
+        super().__init__()
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+        self.v = nn.Linear(d, d, bias=value_bias)
+        self.out = nn.Linear(d, 2, bias=value_bias)
+        self.residual = residual
+
+    def forward(self, x):
+        a = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
+        if self.residual:
+            a = F.layer_norm(a + x, (x.shape[-1],))
+        return self.out(a.mean(dim=1))
+
+
+def test_attention_rule_freezes_the_weights_at_the_full_input():
+    torch.manual_seed(5)
+    x = torch.randn(2, 5, 4, dtype=D)
+    masks = (torch.rand(4, 1, 5, 4, dtype=D) > 0.5).to(D)
+    _check_every_node(TinySelfAttention().to(D), x, masks, min_nodes=8)
+    # without biases and residual the relevant part is W_o mean_t(A W_v (m ⊙ x)) with A from the full input
+    model = TinySelfAttention(value_bias=False, residual=False).to(D)
+    mask = masks[0, 0]
+    rel, irrel = cd(model, x, mask)
+    weights = torch.softmax(model.q(x) @ model.k(x).transpose(1, 2) / 2.0, dim=-1)
+    expected = model.out((weights @ model.v(x * mask)).mean(dim=1))
+    torch.testing.assert_close(rel, expected.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(rel + irrel, model(x).detach(), atol=1e-12, rtol=0)

@@ -30,6 +30,11 @@ def test_plan_predicts_measured_featurisation_memory_and_disk(tmp_path, n):
     assert 0.8 <= r["measured_disk"] / r["predicted_disk"] <= 1.2, r
     # memory: peak resident growth during the fit within a factor 2 of the featurise stage (baseline excluded)
     assert 0.5 <= r["measured_memory"] / r["predicted_memory"] <= 2.0, r
+    # top-k and self-influence after it: never more than twice the plan (memory freed by the stage before is
+    # reused, so a measured growth can be far below it)
+    assert set(r["stages"]) == {"top-k (faiss)", "top-k (stream)", "self-influence"}
+    for stage, v in r["stages"].items():
+        assert v["measured"] <= 2.0 * v["predicted"], (stage, r)
 
 
 def test_plan_counts_by_hand():
@@ -39,6 +44,14 @@ def test_plan_counts_by_hand():
     assert f.disk == 100 * 33 * 2
     assert f.memory == 3 * 33 * 4 + 2 * 8 * 33 * 4 + 8 * 33 * 4 + 4 * 16 * 33 * 2
     assert plan.peak_memory == plan.baseline + max(s.memory for s in plan.stages)
+    read = 3 * 16 * 33 * 2 + 16 * 33 * 4  # a float16 chunk compressed, decoded, copied out; the previous block
+    queries = 1000 * 33 * 12
+    assert plan.stage("top-k (faiss)").memory == queries + read + 16 * 33 * 4 + 2 * 2 * 1000 * 10 * 12
+    assert plan.stage("top-k (stream)").memory == queries + read + 16 * 1000 * 4 + 2 * (16 + 10) * 1000 * 12
+    assert plan.stage("self-influence").memory == read + 16 * 33 * 8 + 100 * 4
+    weighted = wf.scale.plan(task, n_train=100, dim=33, batch_size=8, chunk_rows=16, dtype=torch.float16,
+                             weighted_rows=True)  # TRAK's 1 - p: rows weighted in float64 before the search
+    assert weighted.stage("top-k (faiss)").memory - plan.stage("top-k (faiss)").memory == 16 * 33 * 16
     small = wf.scale.plan(task, n_train=5, dim=33, batch_size=8, chunk_rows=16)  # a chunk holds at most n rows
     assert small.stage("featurise").terms["chunk (parts, joined, checksum bytes, compressed)"] == 4 * 5 * 33 * 4
     with pytest.raises(WherefromError, match="dim="):

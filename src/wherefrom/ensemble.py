@@ -10,12 +10,16 @@ per call; that is a noisier estimator.) The ensemble score is ``τ = (1/M) Σ_s 
 
     ens = DropoutEnsemble(task, lambda t: wf.GradDot(t), n_masks=10, p=0.1)
     scores = ens.fit(train).score(test)
+    ens.save("fits/ens")                              # one sub-directory per member
+    ens = wf.load("fits/ens", task, make_attributor=lambda t: wf.GradDot(t))  # a lambda cannot be found by name
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,3 +139,20 @@ class DropoutEnsemble(Attributor):
     def self_influence(self) -> torch.Tensor:
         self._require_fit()
         return sum(m.self_influence() for m in self.members_) / len(self.members_)
+
+    def _fitted_state(self, directory: str) -> dict[str, Any]:
+        """Each member is saved in ``member-<s>/`` of ``directory`` (its own config, task fingerprint, tensors)."""
+        self._require_fit()
+        for s, member in enumerate(self.members_):
+            member.save(os.path.join(directory, f"member-{s}"))
+        return {"n_members": len(self.members_)}
+
+    def _restore_fitted(self, state: dict[str, Any], *, directory: str, train: Any = None) -> None:
+        """Reload each member against its own masked task, rebuilt from the seed (its fingerprint is checked)."""
+        from wherefrom.persist import load
+
+        if state["n_members"] != self.n_masks:
+            raise WherefromError(f"{directory!r} holds {state['n_members']} members but n_masks={self.n_masks}: "
+                                 "do not override n_masks when loading.")
+        self.members_ = [load(os.path.join(directory, f"member-{s}"), self.member_task(s), train=train)
+                         for s in range(self.n_masks)]

@@ -46,14 +46,16 @@ def lissa(ctx):
     return scores, info
 
 
-def _arnoldi(ctx, rank: int, iterations: int):
-    scores, m = _influence(ctx, "arnoldi", curvature="hessian", rank=rank, iterations=iterations)
-    return scores, {"kept": len(m.solver.eigenvalues_), "iterations": len(m.solver.ritz_values_)}
+def _arnoldi(ctx, rank: int, iterations: int, **options):
+    scores, m = _influence(ctx, "arnoldi", curvature="hessian", rank=rank, iterations=iterations, **options)
+    return scores, {"kept": len(m.solver.eigenvalues_), "iterations": len(m.solver.ritz_values_),
+                    "block_size": m.solver.block_size}
 
 
 def arnoldi(ctx):
-    """Same curvature (Hessian), damping, rank and Krylov dimension as the peers."""
-    return _arnoldi(ctx, ARNOLDI_RANK, ARNOLDI_ITER)
+    """Same curvature (Hessian), damping, rank, Krylov dimension and iteration (single-vector Arnoldi, as dattri's
+    and pyDVL's) as the peers."""
+    return _arnoldi(ctx, ARNOLDI_RANK, ARNOLDI_ITER, block_size=1)
 
 
 def arnoldi_all(ctx):

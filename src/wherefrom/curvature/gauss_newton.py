@@ -4,7 +4,8 @@ For a model with outputs ``o_i = f(x_i; θ)`` (``[C]`` per example) and a per-ex
 
 - generalised Gauss-Newton (GGN): ``G = (1/n) Σ_i J_iᵀ Λ_i J_i`` with ``J_i = ∂o_i/∂θ`` (``[C, p]``) and
   ``Λ_i = ∂²ℓ/∂o_i²`` (``[C, C]``). It equals the Hessian minus the terms with second derivatives of the model.
-  For softmax cross-entropy ``Λ_i = diag(π_i) − π_i π_iᵀ``.
+  For softmax cross-entropy ``Λ_i = diag(π_i) − π_i π_iᵀ``, formed in closed form (no autodiff) whenever the loss
+  is the default :func:`wherefrom.targets.cross_entropy`; other losses get ``Λ_i`` from ``C`` autodiff products.
 - true Fisher: ``F = (1/n) Σ_i E_{ŷ∼p(·|x_i)} [∇ℓ(x_i, ŷ) ∇ℓ(x_i, ŷ)ᵀ]``; estimated with one label ``ŷ_i``
   sampled from the model's softmax per example (seeded, fixed for the life of the objective). For
   cross-entropy its expectation is the GGN.
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch.func import grad, jvp
 
+from wherefrom import targets
 from wherefrom.errors import WherefromError
 from wherefrom.targets import labels_of
 
@@ -40,17 +42,62 @@ def check_curvature(name: str) -> str:
     return name
 
 
-def output_hessians(loss_fn, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
-    """``Λ_i = ∂²ℓ(o_i, y_i)/∂o_i²`` of every example, ``[B, C, C]``, for 2-D outputs ``[B, C]``.
+#: ``ignore_index`` of ``F.cross_entropy`` (the default loss): such examples add nothing to the loss.
+IGNORE_INDEX = -100
 
-    Uses that ``Σ_i ℓ_i`` is block-diagonal in the outputs: one forward-over-reverse product with the tangent
-    ``e_c`` (in every row at once) gives column ``c`` of every ``Λ_i``; ``C`` products in all.
-    """
+
+def is_cross_entropy(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` is the default softmax cross-entropy (:func:`wherefrom.targets.cross_entropy`), whose
+    output Hessian has the closed form ``diag(π) − ππᵀ``."""
+    return loss_fn is targets.cross_entropy
+
+
+def _check_2d(outputs: torch.Tensor) -> None:
     if outputs.ndim != 2:
         raise WherefromError(
             f"The Gauss-Newton curvature needs model outputs of shape [B, C]; got {tuple(outputs.shape)}. "
             "Use curvature='empirical_fisher' (or 'fisher') for other output shapes."
         )
+
+
+def _kept(batch: Any, outputs: torch.Tensor) -> torch.Tensor:
+    """``[B]`` 1 for examples whose label counts, 0 for ``ignore_index`` labels (their loss is 0)."""
+    labels = labels_of(batch).reshape(-1)
+    return (labels != IGNORE_INDEX).to(device=outputs.device, dtype=outputs.dtype)
+
+
+def cross_entropy_output_hessians(outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    """``Λ_i = diag(π_i) − π_i π_iᵀ`` with ``π_i = softmax(o_i)``, ``[B, C, C]``: the output Hessian of softmax
+    cross-entropy in closed form (zero for examples labelled ``ignore_index``), no autodiff."""
+    _check_2d(outputs)
+    pi = torch.softmax(outputs.detach(), dim=-1)
+    Lam = torch.diag_embed(pi) - pi.unsqueeze(2) * pi.unsqueeze(1)
+    return Lam * _kept(batch, outputs)[:, None, None]
+
+
+def cross_entropy_output_product(outputs: torch.Tensor, batch: Any, U: torch.Tensor) -> torch.Tensor:
+    """``Λ_i u`` for every example and tangent: ``π ⊙ u − π (πᵀu)``; ``U`` ``[..., B, C]`` (any leading dims)."""
+    pi = torch.softmax(outputs.detach(), dim=-1)
+    pu = pi * U
+    return (pu - pi * pu.sum(-1, keepdim=True)) * _kept(batch, outputs).unsqueeze(1)
+
+
+def output_hessians(loss_fn, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    """``Λ_i = ∂²ℓ(o_i, y_i)/∂o_i²`` of every example, ``[B, C, C]``, for 2-D outputs ``[B, C]``.
+
+    Softmax cross-entropy (the default loss) has the closed form :func:`cross_entropy_output_hessians`. Any other
+    loss uses that ``Σ_i ℓ_i`` is block-diagonal in the outputs: one forward-over-reverse product with the tangent
+    ``e_c`` (in every row at once) gives column ``c`` of every ``Λ_i``; ``C`` products in all.
+    """
+    _check_2d(outputs)
+    if is_cross_entropy(loss_fn):
+        return cross_entropy_output_hessians(outputs, batch)
+    return autodiff_output_hessians(loss_fn, outputs, batch)
+
+
+def autodiff_output_hessians(loss_fn, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    """``Λ_i`` of any loss by ``C`` forward-over-reverse products (the generic path of :func:`output_hessians`)."""
+    _check_2d(outputs)
     outputs = outputs.detach()
     _B, C = outputs.shape
 

@@ -7,10 +7,10 @@ output gradients ``δ_t`` (``[d_out]``) — projected ones for LoGra's features 
 block's curvature is ``F_l = (1/n) Σ_i Σ_k vec(G_ik) vec(G_ik)ᵀ`` over the curvature samples ``k`` of
 :mod:`wherefrom.curvature.samples` (exact GGN by default; ``"fisher"``, ``"empirical_fisher"``).
 
-K-FAC approximates ``F_l ≈ S ⊗ A`` with ``A = (1/(nT)) Σ_{i,t} ã_t ã_tᵀ`` and ``S = (1/n) Σ_{i,k,t} δ_t δ_tᵀ``
-(exact for ``T = 1`` when ``δδᵀ`` and ``ããᵀ`` are uncorrelated, e.g. one linear layer with a constant output
-Hessian). With eigendecompositions ``A = Q_A diag(σ_A) Q_Aᵀ``, ``S = Q_S diag(σ_S) Q_Sᵀ`` (columns are
-eigenvectors, computed in float64):
+K-FAC approximates ``F_l ≈ S ⊗ A`` with ``A = (1/N) Σ_{i,t} ã_t ã_tᵀ`` (``N`` the real positions, ``nT`` without
+padding) and ``S = (1/n) Σ_{i,k,t} δ_t δ_tᵀ`` (exact for ``T = 1`` when ``δδᵀ`` and ``ããᵀ`` are uncorrelated, e.g.
+one linear layer with a constant output Hessian). With eigendecompositions ``A = Q_A diag(σ_A) Q_Aᵀ``,
+``S = Q_S diag(σ_S) Q_Sᵀ`` (columns are eigenvectors, computed in float64):
 
     (F_l + (wd + λ_l) I)⁻¹ V = Q_S [ (Q_Sᵀ V Q_A) ⊘ (Λ + wd + λ_l) ] Q_Aᵀ,
 
@@ -152,7 +152,7 @@ class KFACSolver(Preconditioner):
                     if k == 0:
                         a = a.reshape(-1, a.shape[-1]).to(torch.float64)
                         A[name] += a.T @ a
-                        positions[name] += a.shape[0]
+                        positions[name] += sample.positions.get(name, a.shape[0])  # padding not counted
                 for name, rows in sample.dense.items():
                     diag[name] += rows.to(torch.float64).pow(2).sum(0)
         n = space.n

@@ -14,6 +14,7 @@ is the parameter-space implementation of the curvature-space interface (:mod:`wh
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from torch.func import grad, jvp, vjp, vmap
 from torch.utils.data import DataLoader
 
 from wherefrom.batches import batch_loop
-from wherefrom.curvature.gauss_newton import check_curvature
+from wherefrom.curvature.gauss_newton import check_curvature, cross_entropy_output_product, is_cross_entropy
+from wherefrom.curvature.linearised import LinearisedHessian
 from wherefrom.curvature.space import CurvatureOperator
 from wherefrom.curvature.structured import StructuredCurvature
 from wherefrom.data.loaders import batch_length, collate_indices, dataset_size
@@ -31,6 +33,8 @@ from wherefrom.gradients import per_example_grad_fn
 from wherefrom.sources.full import FullGradients
 from wherefrom.store import FeatureStore
 from wherefrom.task import Task
+
+log = logging.getLogger(__name__)
 
 
 class TrainingObjective(CurvatureOperator):
@@ -45,10 +49,12 @@ class TrainingObjective(CurvatureOperator):
         features: stored per-example training gradients (read by :meth:`feature_blocks` instead of recomputing).
         structured: ``"auto"`` (default): products and the dense matrix come from factored curvature samples taken
             once (:mod:`wherefrom.curvature.structured`) whenever the model and curvature allow it (every curvature
-            but the Hessian of a model that is not affine in its selected parameters), Hessian-vector products
-            otherwise; ``True``: the same, but an error when the structure is missing; ``False``: always
-            Hessian-vector products.
-        structured_budget_mb: memory for the kept samples; beyond it they are taken again for every product.
+            but the Hessian of a model that is not affine in its selected parameters); otherwise Hessian-vector
+            products through per-batch gradient graphs built once and kept (:mod:`wherefrom.curvature.linearised`),
+            or recomputed for every product when they do not fit; ``True``: the same, but an error when the
+            structure is missing; ``False``: always recomputed Hessian-vector products.
+        structured_budget_mb: memory for the kept samples (or kept gradient graphs); beyond it they are taken again
+            for every product.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class TrainingObjective(CurvatureOperator):
         self.structured = structured
         self.structured_budget_mb = float(structured_budget_mb)
         self._structured: StructuredCurvature | bool | None = None  # None: not tried yet; False: unavailable
+        self._linearised: LinearisedHessian | bool | None = None
 
     @property
     def task(self) -> Task:
@@ -145,10 +152,11 @@ class TrainingObjective(CurvatureOperator):
         outputs, vjp_fn = vjp(out_fn, self.theta)
         outputs = outputs.detach()
         g_out = grad(lambda o: task.loss_fn(o, batch).sum())
+        closed = is_cross_entropy(task.loss_fn) and outputs.ndim == 2  # Λ u = π ⊙ u − π (πᵀu), no autodiff
 
         def one(v: torch.Tensor) -> torch.Tensor:
             Jv = jvp(out_fn, (self.theta,), (v,))[1]
-            LJv = jvp(g_out, (outputs,), (Jv,))[1]
+            LJv = cross_entropy_output_product(outputs, batch, Jv) if closed else jvp(g_out, (outputs,), (Jv,))[1]
             return vjp_fn(LJv)[0]
 
         return torch.cat([vmap(one)(Vc) for Vc in V.split(self.vector_chunk)], dim=0)
@@ -165,6 +173,23 @@ class TrainingObjective(CurvatureOperator):
                                          f"form: {reason}. Use structured='auto' (Hessian-vector products then).")
             self._structured = op if op is not None else False
         return self._structured or None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the kept gradient graphs behind (autograd graphs cannot be copied; they are
+        rebuilt on first use)."""
+        state = self.__dict__.copy()
+        state["_linearised"] = None
+        return state
+
+    def linearised_operator(self) -> LinearisedHessian | None:
+        """Hessian products from gradient graphs kept across products (:mod:`wherefrom.curvature.linearised`),
+        built on first use when there is no structured form; ``None`` when unavailable or over the budget."""
+        if self._linearised is None:
+            op = None
+            if self.structured is not False:
+                op = LinearisedHessian.for_objective(self, int(self.structured_budget_mb * (1 << 20)))
+            self._linearised = op if op is not None else False
+        return self._linearised or None
 
     def dense(self, chunk: int = 256) -> torch.Tensor:
         """The full ``[p, p]`` curvature: in closed form from the structured samples when the model allows it,
@@ -186,6 +211,16 @@ class TrainingObjective(CurvatureOperator):
             out = op.product(V).div_(self.n).add_(V, alpha=self.weight_decay)
             self.hvp_count += V.shape[0] * self.n
             return out[0] if squeeze else out
+        lin = self.linearised_operator() if op is None else None
+        if lin is not None:
+            try:
+                out = lin.product(V) / self.n + self.weight_decay * V
+            except (RuntimeError, NotImplementedError) as exc:  # an operation without a second derivative
+                log.info("Hessian products through kept gradient graphs failed (%s); recomputing them", exc)
+                self._linearised = False
+            else:
+                self.hvp_count += V.shape[0] * self.n
+                return out[0] if squeeze else out
         out = torch.zeros_like(V)
         for start, batch in batch_loop(self.task, self.require_data(), self.state, check=False, progress=self.progress,
                                        desc="Hessian-vector products"):
@@ -195,7 +230,16 @@ class TrainingObjective(CurvatureOperator):
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay)."""
+        """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay).
+
+        From the kept structured samples when the model has them (two matrix products per layer on the rows of
+        ``indices``, no autodiff), else by Hessian-vector products on the collated mini-batch."""
+        op = self.structured_operator()
+        if op is not None:
+            out = op.subset_product(V.to(self.dtype), indices)
+            if out is not None:
+                self.hvp_count += V.shape[0] * len(indices)
+                return out / len(indices) + self.weight_decay * V
         batch = self.task.prepare_batch(collate_indices(self.require_data(), indices.tolist()))
         with self.task.attribution_mode():
             out = self._batch_hvp_sum(V.to(self.dtype), batch, indices)

@@ -1,5 +1,6 @@
 """Data: stable-order loaders, IDX readers for the original MNIST files, and the small shipped subsets."""
 
+from wherefrom.data.augmented import AugmentedMNIST
 from wherefrom.data.idx import load_idx_dataset, read_idx
 from wherefrom.data.loaders import as_loader
 from wherefrom.data.shipped import (
@@ -12,6 +13,7 @@ from wherefrom.data.shipped import (
 )
 
 __all__ = [
+    "AugmentedMNIST",
     "as_loader",
     "available_subsets",
     "denormalize",

@@ -18,7 +18,7 @@ Notation: the input of a node is ``x = β + γ`` (``rel`` + ``irrel``), its outp
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -99,6 +99,57 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm, x: Any) -> Parts:
     return add_bias(p.rel * s, p.irrel * s, t, p)
 
 
+def _normalise_parts(p: Parts, n_dims: int, centre: bool, eps: float, weight: Tensor | None,
+                     bias: Tensor | None) -> Parts:
+    """Layer / RMS normalisation with its statistics frozen at the full input ``x = β + γ``.
+
+    With ``σ`` the standard deviation (LayerNorm) or root mean square (RMSNorm) of ``x`` over the last ``n_dims``
+    dimensions, the map ``t ↦ (t − mean(t))·w/√(σ² + ε)`` (no centring for RMSNorm) is linear, so
+    ``β' = (β − mean β)·w/√(σ² + ε)``, ``γ'`` likewise, and the bias ``b`` is split by the bias rule: the parts sum
+    to the layer's output exactly. A part that is constant over the normalised dimensions gets nothing.
+    """
+    dims = tuple(range(-n_dims, 0))
+    full = p.full
+    if centre:
+        var = torch.var(full, dim=dims, unbiased=False, keepdim=True)
+    else:
+        var = full.pow(2).mean(dim=dims, keepdim=True)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+
+    def normalise(t: Tensor) -> Tensor:
+        return (t - t.mean(dim=dims, keepdim=True) if centre else t) * scale
+
+    return add_bias(normalise(p.rel), normalise(p.irrel), bias, p)
+
+
+def _layer_norm_module(module: nn.LayerNorm, x: Any) -> Parts:
+    p = _as_parts(x, type(module))
+    return _normalise_parts(p, len(module.normalized_shape), True, module.eps, module.weight, module.bias)
+
+
+def _functional_layer_norm(x: Any, normalized_shape: Sequence[int], weight: Tensor | None = None,
+                           bias: Tensor | None = None, eps: float = 1e-5) -> Parts:
+    p = _as_parts(x, F.layer_norm)
+    return _normalise_parts(p, len(normalized_shape), True, eps, weight, bias)
+
+
+def _rms_eps(eps: float | None, x: Tensor) -> float:
+    return torch.finfo(x.dtype).eps if eps is None else eps
+
+
+def _rms_norm_module(module: nn.RMSNorm, x: Any) -> Parts:
+    p = _as_parts(x, type(module))
+    return _normalise_parts(p, len(module.normalized_shape), False, _rms_eps(module.eps, p.rel), module.weight, None)
+
+
+def _functional_rms_norm(x: Any, normalized_shape: Sequence[int], weight: Tensor | None = None,
+                         eps: float | None = None) -> Parts:
+    p = _as_parts(x, F.rms_norm)
+    return _normalise_parts(p, len(normalized_shape), False, _rms_eps(eps, p.rel), weight, None)
+
+
 # ----------------------------------------------------------------------------------------------- activations
 def _relu_like(slope_of: Callable[..., float]) -> Callable[..., Parts]:
     def rule(*args: Any, **kwargs: Any) -> Parts:
@@ -130,6 +181,46 @@ def _smooth(f: Callable[[Tensor], Tensor], with_module: bool) -> Callable[..., P
         return shapley_two(f, p.rel, p.irrel)
 
     return rule
+
+
+def _smooth_module(module: nn.Module, x: Any) -> Parts:
+    """Any elementwise activation module (GELU, SiLU, ELU, Softplus, ...): the two-player Shapley rule of ``module``."""
+    p = _as_parts(x, type(module))
+    return shapley_two(module, p.rel, p.irrel)
+
+
+def _smooth_function(fn: Callable[..., Tensor]) -> Callable[..., Parts]:
+    """The functional form ``fn(x, *args, **kwargs)`` of an elementwise activation: Shapley rule of the bound call."""
+    def rule(x: Any, *args: Any, **kwargs: Any) -> Parts:
+        p = _as_parts(x, fn)
+        return shapley_two(lambda t: fn(t, *args, **kwargs), p.rel, p.irrel)
+
+    return rule
+
+
+def _full(x: Any) -> Any:
+    return x.full if isinstance(x, Parts) else x
+
+
+def _scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: Tensor | None = None,
+                                  dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                                  enable_gqa: bool = False) -> Parts:
+    """Attention with its weights frozen at the full input: ``A = softmax(q kᵀ·scale + mask)`` from ``q = β_q + γ_q``
+    and ``k = β_k + γ_k``, then ``β' = A β_v``, ``γ' = A γ_v`` (attention is linear in the values for fixed weights).
+
+    The parts sum to the attention output exactly; how the input moves the weights themselves is not attributed.
+    """
+    if dropout_p:
+        raise DecompositionError("scaled_dot_product_attention with dropout_p > 0 has no per-example "
+                                 "decomposition: call model.eval() (or pass dropout_p=0).")
+    p = _as_parts(value, F.scaled_dot_product_attention)
+    q, k = _full(query), _full(key)
+
+    def attend(v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
+
+    return Parts(attend(p.rel), attend(p.irrel))
 
 
 # ----------------------------------------------------------------------------------------------- pooling
@@ -359,6 +450,17 @@ def _register_builtins() -> None:
         register_rule(fn, _smooth(torch.tanh, with_module=False))
     for fn in (torch.sigmoid, F.sigmoid, "sigmoid"):
         register_rule(fn, _smooth(torch.sigmoid, with_module=False))
+    for cls in (nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Softsign, nn.LogSigmoid,
+                nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink):
+        register_rule(cls, _smooth_module)
+    for fn in (F.gelu, F.silu, F.mish, F.elu, F.celu, F.selu, F.softplus, F.softsign, F.logsigmoid, F.hardtanh,
+               F.hardswish, F.hardsigmoid, F.tanhshrink):
+        register_rule(fn, _smooth_function(fn))
+    register_rule(F.scaled_dot_product_attention, _scaled_dot_product_attention)
+    register_rule(nn.LayerNorm, _layer_norm_module)
+    register_rule(F.layer_norm, _functional_layer_norm)
+    register_rule(nn.RMSNorm, _rms_norm_module)
+    register_rule(F.rms_norm, _functional_rms_norm)
 
     for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d):
         register_rule(cls, _max_pool_module)

@@ -126,6 +126,13 @@ class LayerIO:
     has_bias: bool
     #: the parameter is stored ``[d_in, d_out]`` (nn.Embedding) rather than ``[d_out, d_in]``.
     transposed: bool = False
+    #: positions that are not padding (``None``: all ``B·T``); K-FAC averages its input covariance over them.
+    positions: int | None = None
+
+    @property
+    def real_positions(self) -> int:
+        """How many of the ``B·T`` positions are real (not padding dropped by :meth:`without_positions`)."""
+        return self.delta.shape[0] * self.delta.shape[1] if self.positions is None else self.positions
 
     def gradients(self) -> torch.Tensor:
         """Per-example gradient matrices ``G_b = Σ_t δ_{b,t} ã_{b,t}ᵀ``, ``[B, d_out, d_in(+1)]``."""
@@ -139,7 +146,8 @@ class LayerIO:
 
     def without_positions(self, drop: torch.Tensor) -> LayerIO:
         """The same capture with ``ã_t = 0`` where ``drop`` ``[B, T]`` is True (positions that add nothing)."""
-        return replace(self, a=self.a.masked_fill(drop.unsqueeze(-1), 0))
+        return replace(self, a=self.a.masked_fill(drop.unsqueeze(-1), 0),
+                       positions=self.real_positions - int(drop.sum()))
 
 
 @dataclass

@@ -29,11 +29,14 @@ class IndexedIO(LayerIO):
         index: ``[B, T]`` ids; ``-1`` where ``a_t = 0``.
         num_classes: ``V``.
         delta: ``[B, T, d]`` output gradients.
+        positions: the real (non-padding) positions (``None``: all ``B·T``).
     """
 
-    def __init__(self, name: str, index: torch.Tensor, num_classes: int, delta: torch.Tensor) -> None:
+    def __init__(self, name: str, index: torch.Tensor, num_classes: int, delta: torch.Tensor,
+                 positions: int | None = None) -> None:
         # LayerIO's fields, except ``a`` (a property here)
         self.name, self.delta, self.has_bias, self.transposed = name, delta, False, True
+        self.positions = positions
         self.index, self.num_classes = index, num_classes
         self._a: torch.Tensor | None = None
 
@@ -65,7 +68,8 @@ class IndexedIO(LayerIO):
         return cols * keep
 
     def without_positions(self, drop: torch.Tensor) -> IndexedIO:
-        return IndexedIO(self.name, self.index.masked_fill(drop, -1), self.num_classes, self.delta)
+        return IndexedIO(self.name, self.index.masked_fill(drop, -1), self.num_classes, self.delta,
+                         self.real_positions - int(drop.sum()))
 
 
 @register_layer_type(nn.Embedding)

@@ -64,7 +64,7 @@ class TiedLayer(KroneckerLayer):
                 d_parts.append(io.a.to(io.delta.dtype))
         a = torch.cat([p.to(d_parts[0].dtype) for p in a_parts], dim=1)
         delta = torch.cat(d_parts, dim=1)
-        return LayerIO(self.name, a, delta, False, self.transposed)
+        return LayerIO(self.name, a, delta, False, self.transposed, sum(io.real_positions for io in ios))
 
     def member_names(self) -> list[str]:
         return [m.name for m in self.members]

@@ -46,6 +46,14 @@ def label_of(value: Any, class_names: list[str] | None) -> str:
     return str(value)
 
 
+def card_header(entry: dict[str, Any], class_names: list[str] | None) -> dict[str, Any]:
+    """The fields every feature card shows: index, label, prediction, explained target, correctness, confidence."""
+    label, prediction = entry.get("label"), entry.get("prediction")
+    return {"index": entry["index"], "label": label_of(label, class_names),
+            "predicted": label_of(prediction, class_names), "target": label_of(entry["target"], class_names),
+            "correct": None if label is None else label == prediction, "confidence": entry.get("confidence")}
+
+
 def words_of(entry: dict[str, Any]) -> list[str]:
     """The words of a text entry (``#t`` where the spec gave no vocabulary)."""
     n = len(entry["cd"])

@@ -8,6 +8,7 @@
     top = wf.scale.top_k(att, test, k=10, client=client)         # streaming top-k as Dask tasks
     si = wf.scale.self_influence(att, client=client)
     print(wf.scale.plan(task, n_train=1_000_000, dim=att.source.dim, n_test=1000))
+    train, test = wf.scale.workload.datasets(1_000_000)          # the million-example augmented MNIST workload
 
 See ``docs/scale.md``.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from wherefrom.errors import WherefromError
+from wherefrom.scale import workload
 from wherefrom.scale.faiss_search import SearchTopK, faiss_top_k
 from wherefrom.scale.featurize import ChunkFeaturizer, build_zarr_store, using_client
 from wherefrom.scale.planner import Plan, plan
@@ -88,4 +90,5 @@ __all__ = [
     "self_influence",
     "top_k",
     "using_client",
+    "workload",
 ]

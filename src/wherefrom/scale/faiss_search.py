@@ -60,7 +60,7 @@ def query_side(attributor: Any, test: Any) -> torch.Tensor:
     parts = []
     for c in range(len(attributor._stores)):
         TQ, col = attributor._query(c, loader)
-        y = attributor._weights[c] * TQ.to(torch.float64)
+        y = attributor._weights[c] * attributor.source.dot_rows(TQ).to(torch.float64)
         if col is not None:
             y = y * col.to(y).unsqueeze(1)
         parts.append(y)
@@ -68,19 +68,26 @@ def query_side(attributor: Any, test: Any) -> torch.Tensor:
 
 
 def training_blocks(attributor: Any):
-    """``(start, x [B, D])`` row blocks of the folded training side, float32 on the CPU."""
+    """``(start, x [B, D])`` row blocks of the folded training side, float32 on the CPU.
+
+    Rows with weights (``r_ci``, ``ρ_i``) are weighted in float64 and then rounded; unweighted rows of one
+    checkpoint are only converted to float32 (exact for float16 / bfloat16 / float32 stores), without the float64
+    copies."""
     attributor._require_fit()
+    rho = attributor._row_weights
     for parts in zip(*[store.blocks() for store in attributor._stores]):
         start = parts[0][0]
+        rows = [attributor._similarity_states[c].get("row") for c in range(len(parts))]
+        if len(parts) == 1 and rows[0] is None and rho is None:
+            yield start, attributor.source.dot_rows(parts[0][1]).to("cpu", torch.float32)
+            continue
         cols = []
-        for c, (_, F) in enumerate(parts):
-            x = F.to(torch.float64)
-            row = attributor._similarity_states[c].get("row")
+        for (_, F), row in zip(parts, rows):
+            x = attributor.source.dot_rows(F).to(torch.float64)
             if row is not None:
                 x = x * row[start: start + F.shape[0]].to(x).unsqueeze(1)
             cols.append(x)
-        x = torch.cat(cols, dim=1)
-        rho = attributor._row_weights
+        x = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
         if rho is not None:
             x = x * rho[start: start + x.shape[0]].to(x).unsqueeze(1)
         yield start, x.to("cpu", torch.float32)

@@ -10,9 +10,12 @@ Counted per stage (bytes; ``s`` the stored dtype's size, ``B`` the batch, ``R`` 
     store (disk)     c·n·d·s (before compression; zstd saves little on dense float features)
     preconditioner   kernel / explicit solvers on features: 2·d²·8 (matrix and its factor), identity: 0
     queries          m·d·(4 + 8) per checkpoint (features and preconditioned features)
-    top-k            one block of scores R·m·4 for each checkpoint's read chunk R·d·s, the running top-k
-                     2·(R + k)·m·12 while merging; FAISS exact: R·d·4 folded rows + 2·m·k·12
-    self-influence   one chunk R·d·s and its solve R·d·8, the output n·4
+    reading          a chunk compressed, decoded and copied out 3·R·d·s, and the previous block, still referenced
+                     while the next is read, R·d·max(s, 4) (per checkpoint)
+    top-k            reading + one block of scores R·m·4 and the running top-k 2·(R + k)·m·12 while merging;
+                     FAISS exact: reading + the folded float32 rows R·d·4 (none for an unweighted float32 store;
+                     R·d·20 with float64 weighting, for weighted rows or several checkpoints) + 2·m·k·12
+    self-influence   reading + the chunk's solve R·d·8, the output n·4
 
 plus the process baseline (Python, torch, zarr, faiss: :data:`BASELINE_BYTES`, measured on this library's CI
 machine). Peak memory of a stage is the baseline plus its terms; the run's peak is the largest stage.
@@ -100,15 +103,25 @@ def _layer_widths(task: Any) -> int:
     return total
 
 
+def _weighted(att: Any) -> bool:
+    """Whether the attributor's training rows carry weights (row weights, or a similarity with row factors)."""
+    if att is None:
+        return False
+    if getattr(att, "train_weights", None) is not None:
+        return True
+    return getattr(getattr(att, "similarity", None), "name", "dot") != "dot"
+
+
 def plan(task_or_attributor: Any, n_train: int, *, n_test: int = 1000, k: int = 10, dim: int | None = None,
          batch_size: int | None = None, chunk_rows: int | None = None, dtype: torch.dtype | str | None = None,
          checkpoints: int | None = None, layerwise: bool | None = None, preconditioner: str | None = None,
-         faiss_index: str = "exact") -> Plan:
+         faiss_index: str = "exact", weighted_rows: bool | None = None) -> Plan:
     """Predict peak memory and disk per stage (see the module docstring).
 
     ``task_or_attributor``: a :class:`~wherefrom.Task` (then give ``dim``; ``layerwise=True`` for LoGra-style
     sources) or a constructed (not necessarily fitted) composed attributor, from which ``dim``, the batch size,
-    the chunk rows, the dtype, the checkpoints, the source kind and the preconditioner are read.
+    the chunk rows, the dtype, the checkpoints, the source kind, the preconditioner and whether training rows are
+    weighted (``weighted_rows``: TRAK's ``1 − p``, Grad-Cos's norms) are read.
     """
     from wherefrom.task import Task
 
@@ -147,14 +160,18 @@ def plan(task_or_attributor: Any, n_train: int, *, n_test: int = 1000, k: int = 
                  "chunk (parts, joined, checksum bytes, compressed)": 4 * R * d * s}
     precond = 0 if preconditioner in ("identity", "diagonal") else 2 * d * d * 8
     queries = n_ckpt * m * d * 12
+    read = {"chunk read (compressed, decoded, copied out)": 3 * n_ckpt * R * d * s,
+            "previous block (held while the next is read)": n_ckpt * R * d * max(s, 4)}
     if faiss_index == "exact":
-        top = {"queries": queries, "chunks read": n_ckpt * R * d * s, "folded rows": R * d * n_ckpt * 4,
+        weighted = weighted_rows if weighted_rows is not None else _weighted(att)
+        folded = R * d * n_ckpt * (4 + 16 if weighted or n_ckpt > 1 else (4 if s != 4 else 0))
+        top = {"queries": queries, **read, "folded float32 rows (float64 while weighting)": folded,
                "running top-k": 2 * 2 * m * k * 12}
     else:
         top = {"queries": queries, "approximate index (all rows)": n * d * n_ckpt * 4}
-    streaming = {"queries": queries, "chunks read": n_ckpt * R * d * s, "score block": R * m * 4,
+    streaming = {"queries": queries, **read, "score block": R * m * 4,
                  "running top-k (merge)": 2 * (R + k) * m * 12}
-    self_inf = {"chunk and its solve": R * d * (s + 8), "output [n]": n * 4}
+    self_inf = {**read, "chunk's solve": R * d * 8, "output [n]": n * 4}
     stages = [
         Stage("featurise", sum(featurise.values()), n_ckpt * n * d * s, featurise),
         Stage("preconditioner", precond, 0, {"curvature matrices": precond}),

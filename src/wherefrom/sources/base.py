@@ -57,10 +57,12 @@ def kronecker_block(spec: LayerSpec) -> FeatureBlock:
 @dataclass
 class SampleBatch:
     """Features of one batch in factored form: ``kronecker[block] = (a [B, T, cols], δ [B, T, d_out])`` and
-    ``dense[block] = rows [B, size]``."""
+    ``dense[block] = rows [B, size]``; ``positions[block]``: the real (non-padding) positions of a Kronecker block
+    (absent: all ``B·T``)."""
 
     kronecker: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
 
     def rows(self, layout: list[FeatureBlock], dim: int) -> torch.Tensor:
         """The flat feature rows ``[B, dim]`` (Kronecker blocks expanded to ``Σ_t δ_t ãᵀ_t``)."""
@@ -105,6 +107,11 @@ class GradientSource(Configurable):
     def batch_sample(self, state: Mapping[str, torch.Tensor], batch: Any, probe: LossFn | Probe,
                      c: int = 0) -> SampleBatch:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def dot_rows(self, F: torch.Tensor) -> torch.Tensor:
+        """Rows whose plain dot products are the inner products of the feature rows ``F`` ``[B, dim]`` (the rows
+        themselves here; a source that stores factors expands them), for inner-product search."""
+        return F
 
     def matrix(self, c: int = 0, dtype: torch.dtype = torch.float64,
                device: torch.device | str = "cpu") -> torch.Tensor | None:

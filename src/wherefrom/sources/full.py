@@ -96,6 +96,7 @@ class FullGradients(GradientSource):
         for name, io in captures.items():
             if isinstance(io, LayerIO):
                 out.kronecker[name] = (io.a, io.delta)
+                out.positions[name] = io.real_positions
             else:
                 out.dense[name] = torch.cat([io.grads[p] for p in self.layers.layers[name].owned], dim=1)
         if self.layers.fallback:

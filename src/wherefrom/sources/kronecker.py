@@ -117,6 +117,7 @@ class KroneckerProjectedGradients(GradientSource):
                 assert isinstance(io, LayerIO)
                 P_in, P_out = self.layer_factors(c, block.name, io.delta.device)
                 out.kronecker[block.name] = (io.project_inputs(P_in), _apply(io.delta, P_out))
+                out.positions[block.name] = io.real_positions
                 continue
             if block.fallback:
                 rows = fallback[:, offsets[block.name]: offsets[block.name] + pb.size]  # type: ignore[index]

@@ -10,11 +10,11 @@ from typing import Any
 from wherefrom.report.feature_results import FeatureResults
 from wherefrom.report.feature_views import (
     baseline_rows,
+    card_header,
     grey_png,
     heat_map,
     hierarchy_figure,
     hierarchy_of,
-    label_of,
     level_table,
 )
 from wherefrom.report.figures import plain_text
@@ -30,18 +30,16 @@ def build(data) -> dict[str, Any] | None:
     cards = []
     for e in results.of_kind("image"):
         h = hierarchy_of(e)
-        target = label_of(e["target"], names)
+        header = card_header(e, names)
+        title = f"ACD hierarchy ({h.method}), class {plain_text(header['target'])}"
         b = e.get("block_size", 1)
         unit = "pixel" if b == 1 else f"{b}×{b} block"
         maps = [dict(heat_map(e["cd"], f"CD, each {unit} alone"), key="cd")]
         maps += [dict(heat_map(v, t), key=k) for k, t, v in baseline_rows(e)]
         cards.append({
-            "index": e["index"], "label": label_of(e.get("label"), names),
-            "predicted": label_of(e.get("prediction"), names), "target": target,
-            "correct": None if e.get("label") is None else e.get("label") == e.get("prediction"),
-            "confidence": e.get("confidence"), "image": grey_png(e["image"]) if e.get("image") else None,
+            **header, "image": grey_png(e["image"]) if e.get("image") else None,
             "maps": maps, "levels": level_table(h), "unit": unit, "grid": "×".join(map(str, h.grid)),
-            "figure": hierarchy_figure(h, e.get("image"), f"ACD hierarchy ({h.method}), class {plain_text(target)}"),
+            "figure": hierarchy_figure(h, e.get("image"), title),
             "method": h.method,
         })
     return {"cards": cards, "options": results.config.get("options", {})}

@@ -10,8 +10,8 @@ from typing import Any
 from wherefrom.report.feature_results import FeatureResults
 from wherefrom.report.feature_views import (
     baseline_rows,
+    card_header,
     hierarchy_of,
-    label_of,
     level_table,
     strip,
     text_rows,
@@ -31,10 +31,7 @@ def build(data) -> dict[str, Any] | None:
         words = words_of(e)
         h = hierarchy_of(e)
         cards.append({
-            "index": e["index"], "label": label_of(e.get("label"), names),
-            "predicted": label_of(e.get("prediction"), names), "target": label_of(e["target"], names),
-            "correct": None if e.get("label") is None else e.get("label") == e.get("prediction"),
-            "confidence": e.get("confidence"), "contrast": e.get("contrast"),
+            **card_header(e, names), "contrast": e.get("contrast"),
             "strips": [{"key": "cd", "title": "CD", "cells": strip(e["cd"], words)}]
             + [{"key": k, "title": t, "cells": strip(v, words)} for k, t, v in baseline_rows(e)],
             "rows": text_rows(h, words), "levels": level_table(h, words), "n_words": len(words),
