@@ -165,7 +165,12 @@ class TopK:
 
 
 class StreamingTopK:
-    """Running top-k (largest and smallest) over row blocks of an ``[n, m]`` score matrix, never storing it."""
+    """Running top-k (largest and smallest) over row blocks of an ``[n, m]`` score matrix, never storing it.
+
+    Exactly tied scores are ordered by training index, lowest first, and a tie at the ``k``-th place keeps the
+    lowest indices: the result depends on the scores only, not on how the rows are cut into blocks, in which order
+    the blocks arrive, or in which order partial top-k of disjoint rows are merged (as Dask tasks' results are).
+    """
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -176,12 +181,20 @@ class StreamingTopK:
 
     @staticmethod
     def _merge(vals, idx, new_vals, new_idx, k, largest):
+        """The ``min(k, N)`` best of ``N`` candidates per column (``[N, m]`` values and indices, the previous best
+        stacked on top when given), ordered by (value, then lower index)."""
         if vals is not None:
             new_vals = torch.cat([vals, new_vals], dim=0)
             new_idx = torch.cat([idx, new_idx], dim=0)
         kk = min(k, new_vals.shape[0])
         top_v, pos = torch.topk(new_vals, kk, dim=0, largest=largest, sorted=True)
-        return top_v, torch.gather(new_idx, 0, pos)
+        top_i = torch.gather(new_idx.expand_as(new_vals), 0, pos)
+        top_i = _lowest_tied_at_cut(new_vals, new_idx, top_v, top_i, largest)
+        # order by (value, index): stable sort by index, then stable sort by value
+        by_index = torch.argsort(top_i, dim=0, stable=True)
+        top_v, top_i = torch.gather(top_v, 0, by_index), torch.gather(top_i, 0, by_index)
+        by_value = torch.sort(top_v, dim=0, descending=largest, stable=True).indices
+        return torch.gather(top_v, 0, by_value), torch.gather(top_i, 0, by_value)
 
     def update(self, start: int, block: torch.Tensor) -> None:
         """Add score rows ``start .. start+B`` (``block`` is ``[B, m]``)."""
@@ -195,3 +208,27 @@ class StreamingTopK:
             raise ValueError("No scores were added.")
         return TopK(self._hi_i.T.contiguous(), self._hi_v.T.contiguous(),
                     self._lo_i.T.contiguous(), self._lo_v.T.contiguous())
+
+
+def _lowest_tied_at_cut(vals: torch.Tensor, idx: torch.Tensor, top_v: torch.Tensor, top_i: torch.Tensor,
+                        largest: bool) -> torch.Tensor:
+    """``top_i`` (``[kk, m]``, the sorted top-``kk`` of ``vals`` ``[N, m]``) with the places taken by the ``kk``-th
+    value ``t`` given to the lowest indices among *all* candidates equal to ``t`` — only columns where more candidates
+    tie at ``t`` than places are left need it."""
+    cut = top_v[-1:]  # [1, m]
+    better = (vals > cut) if largest else (vals < cut)
+    n_better = better.sum(0)  # [m]; all of them are in the top-kk
+    n_tied = (vals == cut).sum(0)
+    kk = top_v.shape[0]
+    cols = torch.nonzero(n_better + n_tied > kk).flatten()
+    if cols.numel() == 0:
+        return top_i
+    v, i = vals[:, cols], idx.expand_as(vals)[:, cols]
+    tied = torch.where(v == cut[:, cols], i, torch.full_like(i, torch.iinfo(i.dtype).max))
+    lowest = torch.topk(tied, kk, dim=0, largest=False, sorted=True).values  # [kk, c]: tied indices, ascending
+    place = torch.arange(kk, device=vals.device).unsqueeze(1)  # [kk, 1]
+    nb = n_better[cols].unsqueeze(0)  # [1, c]
+    fixed = torch.where(place < nb, top_i[:, cols], torch.gather(lowest, 0, (place - nb).clamp(min=0)))
+    out = top_i.clone()
+    out[:, cols] = fixed
+    return out

@@ -9,9 +9,11 @@ workers see the store's folder). Every task works on one chunk of rows:
   and row indices, largest and smallest) or self-influence (``[rows]``); the client merges them.
 
 A task does exactly the arithmetic the single-process path does on that block (the attributor's own
-``_score_block`` / ``_self_influence_block``), so the results agree to rounding; the top-k merge is exact. A worker
-that dies mid-run has its tasks rerun elsewhere by the scheduler; since a chunk is a deterministic function of its
-rows and written with a checksum, the result does not change.
+``_score_block`` / ``_self_influence_block``), so the results agree to rounding; the top-k merge is exact, and
+exactly tied scores are ordered by lower row index both here and in the single-process scan
+(:class:`~wherefrom.store.StreamingTopK`), whatever order the tasks finish in. A worker that dies mid-run has its
+tasks rerun elsewhere by the scheduler; since a chunk is a deterministic function of its rows and written with a
+checksum, the result does not change.
 
 Memory allocator: glibc's ``malloc`` raises its mmap threshold (up to 32 MiB) as large blocks are freed, so a loop
 that allocates the same large tensors again and again reuses heap memory. Setting ``MALLOC_TRIM_THRESHOLD_``, as
@@ -175,14 +177,9 @@ def distributed_top_k(attributor: Any, test: Any, k: int, client: Any, progress:
 
 def _merge(vals: torch.Tensor | None, idx: torch.Tensor | None, new_vals: torch.Tensor, new_idx: torch.Tensor,
            k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two partial top-k (``[k', m]`` each), keeping the order independent of arrival: ties go to the lower
-    row index, as in the single-process scan."""
-    if vals is not None:
-        new_vals = torch.cat([vals, new_vals], dim=0)
-        new_idx = torch.cat([idx, new_idx], dim=0)
-    order = torch.argsort(new_idx, dim=0, stable=True)  # row order first, so that topk breaks ties by row
-    new_vals, new_idx = torch.gather(new_vals, 0, order), torch.gather(new_idx, 0, order)
-    return StreamingTopK._merge(None, None, new_vals, new_idx, k, largest)
+    """Merge two partial top-k (``[k', m]`` each) as the single-process scan merges its blocks: by value, exact ties
+    by lower row index (:class:`~wherefrom.store.StreamingTopK`), so the result does not depend on arrival order."""
+    return StreamingTopK._merge(vals, idx, new_vals, new_idx, k, largest)
 
 
 def distributed_self_influence(attributor: Any, client: Any, progress: bool | None = None) -> torch.Tensor:
