@@ -165,6 +165,7 @@ def distributed_top_k(attributor: Any, test: Any, k: int, client: Any, progress:
     loader = as_loader(test, attributor.execution.batch_size, what="test")
     queries = [attributor._query(c, loader) for c in range(len(stores))]
     shipped = client.scatter(_shippable(attributor), broadcast=True, hash=False)
+    queries = client.scatter(queries, broadcast=True, hash=False)  # once per worker, not once per task
     futures = client.map(_chunk_top_k, [shipped] * stores[0].n_chunks, range(stores[0].n_chunks),
                          queries=queries, k=k, pure=False)
     top = StreamingTopK(k)
