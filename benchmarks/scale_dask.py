@@ -78,6 +78,12 @@ def keep_dask_malloc() -> None:
     distributed._malloc_tuned = False
 
 
+def own_usage() -> tuple[float, int]:
+    """CPU seconds and minor page faults of the calling process so far (run in each worker by ``client.run``)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime, u.ru_minflt
+
+
 def children_usage() -> tuple[float, int]:
     """CPU seconds and minor page faults of this process's finished (waited-for) children: the worker processes."""
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -114,14 +120,26 @@ def dask_run(args: argparse.Namespace, task: wf.Task, loader: Any, test: Any, la
     _, warm = timed(client.run, warm_worker)
     if dask_malloc:
         client.run(keep_dask_malloc)
+    usage = {}
+
+    def workers_usage() -> list[float]:
+        per = client.run(own_usage).values()
+        return [sum(u[0] for u in per), sum(u[1] for u in per)]
+
     try:
         two = make(task, os.path.join(args.out, label), args)
+        u0 = workers_usage()
         with get_task_stream(client) as fit_stream:
             _, fit2 = timed(wf.scale.fit, two, loader, client=client)
+        u1 = workers_usage()
         with get_task_stream(client) as top_stream:
             top2, topk2 = timed(wf.scale.top_k, two, test, args.k, client=client)
+        u2 = workers_usage()
         with get_task_stream(client) as si_stream:
             si2, self2 = timed(wf.scale.self_influence, two, client=client)
+        u3 = workers_usage()
+        for stage, a, b in (("fit", u0, u1), ("top_k", u1, u2), ("self_influence", u2, u3)):
+            usage[stage] = {"cpu_s workers": b[0] - a[0], "minor_page_faults workers": b[1] - a[1]}
         streams = {"fit": fit_stream.data, "top_k": top_stream.data, "self_influence": si_stream.data}
     finally:
         (_, shutdown) = timed(lambda: (client.close(), client.cluster.close()))
@@ -131,6 +149,7 @@ def dask_run(args: argparse.Namespace, task: wf.Task, loader: Any, test: Any, la
                            "top_k_s": topk2, "self_influence_s": self2,
                            "cpu_s client process (with the scheduler)": cpu_seconds()[0] - own0,
                            "cpu_s workers": kids1[0] - kids0[0], "minor_page_faults workers": kids1[1] - kids0[1]}
+    out["per_stage_workers"] = usage
     for stage, stream in streams.items():
         times = task_times(stream)
         out[f"{stage}_tasks"] = times
@@ -152,14 +171,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = cpu_seconds()
     flt0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     one = make(task, os.path.join(args.out, "one"), args)
+    u = [own_usage()]
     _, fit1 = timed(wf.scale.fit, one, loader)
+    u.append(own_usage())
     top1, topk1 = timed(wf.scale.top_k, one, test, args.k, backend="streaming")
+    u.append(own_usage())
     si1, self1 = timed(wf.scale.self_influence, one)
+    u.append(own_usage())
     _, faiss1 = timed(wf.scale.top_k, one, test, args.k)
     cpu1 = cpu_seconds()
     report["one_process"] = {"fit_s": fit1, "top_k_s": topk1, "self_influence_s": self1, "faiss_top_k_s": faiss1,
                              "cpu_s (fit, top-k, self-influence, FAISS top-k)": cpu1[0] - cpu0[0],
-                             "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt0}
+                             "minor_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt0,
+                             "per_stage": {stage: {"cpu_s": u[i + 1][0] - u[i][0],
+                                                   "minor_page_faults": u[i + 1][1] - u[i][1]}
+                                           for i, stage in enumerate(("fit", "top_k", "self_influence"))}}
     print(f"one process: fit {fit1:.1f} s, top-k {topk1:.1f} s (FAISS {faiss1:.1f} s), self-influence {self1:.1f} s",
           flush=True)
     runs = [("dask", False)] + ([] if args.skip_before else [("dask_with_dask_malloc", True)])
@@ -222,10 +248,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {stage}: {int(t['tasks'])} tasks, compute {t.get('compute', 0):.1f} s, transfer "
                   f"{t.get('transfer', 0):.2f} s, deserialize {t.get('deserialize', 0):.2f} s, "
                   f"overhead (workers x wall - compute) {d[f'{stage}_overhead_s']:.1f} s")
+        print(f"  per stage, workers: {d['per_stage_workers']}")
         print(f"  CPU seconds: workers {d['cpu_s workers']:.1f} ({d['minor_page_faults workers']} minor page "
               f"faults), client process {d['cpu_s client process (with the scheduler)']:.1f}; agreement "
               f"{d['agreement']}")
     o = r["one_process"]
+    print(f"one process per stage: {o['per_stage']}")
     print(f"one process CPU seconds {o['cpu_s (fit, top-k, self-influence, FAISS top-k)']:.1f} "
           f"({o['minor_page_faults']} minor page faults; includes the FAISS top-k {o['faiss_top_k_s']:.1f} s wall)")
     print(f"shipped: {r['shipped_bytes']}; load {r['load_avg_start']} -> {r['load_avg_end']}")
