@@ -38,6 +38,7 @@ import torch
 
 import wherefrom as wf
 from wherefrom.scale import workload
+from wherefrom.scale.distributed import WORKER_MALLOC_ENV
 from wherefrom.scale.featurize import ChunkFeaturizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,6 +110,9 @@ def dask_run(args: argparse.Namespace, task: wf.Task, loader: Any, test: Any, la
     from dask.distributed import Client, LocalCluster, get_task_stream
 
     own0, kids0 = cpu_seconds()[0], children_usage()
+    # a nanny copies its start-up environment into this process too: drop what an earlier cluster left behind
+    for name in WORKER_MALLOC_ENV:
+        os.environ.pop(name, None)
     if dask_malloc:
         def start() -> Any:
             return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
