@@ -79,10 +79,22 @@ def keep_dask_malloc() -> None:
     distributed._malloc_tuned = False
 
 
-def own_usage() -> tuple[float, int]:
-    """CPU seconds and minor page faults of the calling process so far (run in each worker by ``client.run``)."""
+def own_usage() -> tuple[float, int, float]:
+    """CPU seconds and minor page faults of the calling process so far, and the CPU seconds of its threads that run
+    Dask tasks (``Dask-Default-Threads``, from ``/proc``; Linux) — run in each worker by ``client.run``."""
+    import threading
+
     u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime, u.ru_minflt
+    tasks = 0.0
+    for t in threading.enumerate():
+        if "Dask-Default-Threads" in t.name and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                tasks += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            except OSError:
+                pass
+    return u.ru_utime + u.ru_stime, u.ru_minflt, tasks
 
 
 def children_usage() -> tuple[float, int]:
@@ -128,7 +140,7 @@ def dask_run(args: argparse.Namespace, task: wf.Task, loader: Any, test: Any, la
 
     def workers_usage() -> list[float]:
         per = client.run(own_usage).values()
-        return [sum(u[0] for u in per), sum(u[1] for u in per)]
+        return [sum(u[0] for u in per), sum(u[1] for u in per), sum(u[2] for u in per)]
 
     try:
         two = make(task, os.path.join(args.out, label), args)
@@ -143,7 +155,8 @@ def dask_run(args: argparse.Namespace, task: wf.Task, loader: Any, test: Any, la
             si2, self2 = timed(wf.scale.self_influence, two, client=client)
         u3 = workers_usage()
         for stage, a, b in (("fit", u0, u1), ("top_k", u1, u2), ("self_influence", u2, u3)):
-            usage[stage] = {"cpu_s workers": b[0] - a[0], "minor_page_faults workers": b[1] - a[1]}
+            usage[stage] = {"cpu_s workers": b[0] - a[0], "minor_page_faults workers": b[1] - a[1],
+                            "cpu_s task threads": b[2] - a[2]}
         streams = {"fit": fit_stream.data, "top_k": top_stream.data, "self_influence": si_stream.data}
     finally:
         (_, shutdown) = timed(lambda: (client.close(), client.cluster.close()))
