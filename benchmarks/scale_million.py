@@ -2,6 +2,10 @@
 
     nice -n 10 python benchmarks/scale_million.py                       # n = 1,000,000, LoGra and TRAK-1
     nice -n 10 python benchmarks/scale_million.py --n 20000 --out /tmp/million --methods logra
+    nice -n 10 python benchmarks/scale_million.py --methods trak-1-kron --json /tmp/trak_kron.json
+
+Methods: ``logra`` (rank ``--rank``), ``trak-1`` (dense ``--projection`` to ``--proj-dim``), ``trak-1-kron`` (TRAK
+with ``projection="kronecker"``: ``--proj-dim`` shared over the layers as Kronecker factors).
 
 Stages, each timed on its own (wall seconds):
 
@@ -128,7 +132,9 @@ def make_method(name: str, task: wf.Task, ex: wf.Execution, args: argparse.Names
         return wf.LoGra(task, rank=args.rank, execution=ex)
     if name == "trak-1":
         return wf.TRAK(task, proj_dim=args.proj_dim, projection=args.projection, execution=ex)
-    raise SystemExit(f"unknown method {name!r}: choose from logra, trak-1")
+    if name == "trak-1-kron":
+        return wf.TRAK(task, proj_dim=args.proj_dim, projection="kronecker", execution=ex)
+    raise SystemExit(f"unknown method {name!r}: choose from logra, trak-1, trak-1-kron")
 
 
 def run_method(name: str, task: wf.Task, train, test, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nend to end {total:.1f} s, peak RSS {report['peak_rss_bytes'] / 1e9:.2f} GB, test accuracy {acc:.3f}, "
           f"floor {report['floor_examples_per_s']:,.0f} ex/s (data alone {report['data_examples_per_s']:,.0f} ex/s)")
     for m, r in results.items():
-        print(f"  {m:8s} d = {r['dim']:4d}  {r['examples_per_s']:9,.0f} ex/s  ratio {r['ratio_to_floor']:.2f} "
+        print(f"  {m:11s} d = {r['dim']:4d}  {r['examples_per_s']:9,.0f} ex/s  ratio {r['ratio_to_floor']:.2f} "
               f"(compute only {r['compute_ratio_to_floor']:.2f})  disk {r['disk_bytes'] / 1e6:,.1f} MB")
     if args.json:
         with open(args.json, "w") as fh:

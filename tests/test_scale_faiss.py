@@ -36,7 +36,9 @@ def test_exact_search_equals_streaming_top_k_on_random_features():
     lambda task, ex: wf.GradCos(task, execution=ex),  # row and column factors folded in
     lambda task, ex: wf.TRAK(task, proj_dim=16, execution=ex),  # row weights 1 - p, margin sign
     lambda task, ex: wf.LoGra(task, execution=ex),
-], ids=["graddot", "gradcos", "trak", "logra"])
+    lambda task, ex: wf.TracInCP(task, checkpoints=[task.state(None)] * 2, learning_rates=[0.1, 0.3],
+                                 execution=ex),  # factored layer rows, expanded for the search
+], ids=["graddot", "gradcos", "trak", "logra", "tracin"])
 def test_faiss_top_k_equals_streaming_on_real_features(tmp_path, make):
     task, train, test = small_problem(n=400)
     att = make(task, wf.Execution(batch_size=50, block_size=100, store="zarr", cache_dir=str(tmp_path)))

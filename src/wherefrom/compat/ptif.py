@@ -149,7 +149,7 @@ def _influence_scores(config: dict[str, Any], model: nn.Module, train_loader: Da
     influence = InfluenceFunction(
         Task(model), solver="lissa", damping=damp * scale, scale=scale, depth=int(_setting(config, "recursion_depth")),
         repeats=int(_setting(config, "r_averaging")), hvp_batch_size=train.batch_size,
-        seed=int(_setting(config, "seed")), batch_size=train.batch_size, cache_dir=cache_dir,
+        seed=int(_setting(config, "seed")), average=0.0, batch_size=train.batch_size, cache_dir=cache_dir,
         memory_gb=0.0 if cache_dir is not None else 2.0,
     ).fit(train)
     test = ordered_loader(test_loader, test_ids)

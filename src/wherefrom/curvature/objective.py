@@ -231,7 +231,16 @@ class TrainingObjective(CurvatureOperator):
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay)."""
+        """Stochastic ``C_S V`` on the training examples ``indices`` (mean over them, plus weight decay).
+
+        From the kept structured samples when the model has them (two matrix products per layer on the rows of
+        ``indices``, no autodiff), else by Hessian-vector products on the collated mini-batch."""
+        op = self.structured_operator()
+        if op is not None:
+            out = op.subset_product(V.to(self.dtype), indices)
+            if out is not None:
+                self.hvp_count += V.shape[0] * len(indices)
+                return out / len(indices) + self.weight_decay * V
         batch = self.task.prepare_batch(collate_indices(self.require_data(), indices.tolist()))
         with self.task.attribution_mode():
             out = self._batch_hvp_sum(V.to(self.dtype), batch, indices)

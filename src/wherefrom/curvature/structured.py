@@ -82,6 +82,49 @@ class FactoredBatch:
         return self.rows[0].rows.shape[1]
 
 
+    def subset(self, indices: torch.Tensor | slice) -> FactoredBatch:
+        """The samples of the examples ``indices`` (positions in this batch; a slice gives views)."""
+        return FactoredBatch([KroneckerPart(p.spec, p.a[indices], p.delta[indices]) for p in self.kronecker],
+                             [RowsPart(p.index, p.rows[indices]) for p in self.rows])
+
+
+def stack_batches(batches: list[FactoredBatch]) -> FactoredBatch | bool:
+    """The batches concatenated along the examples, or ``False`` when their parts do not line up."""
+    if not batches:
+        return False
+    first = batches[0]
+    kron_names = [p.spec.name for p in first.kronecker]
+    for fb in batches[1:]:
+        if [p.spec.name for p in fb.kronecker] != kron_names or len(fb.rows) != len(first.rows):
+            return False
+        for p, q in zip(fb.kronecker, first.kronecker):
+            if p.a.shape[1:] != q.a.shape[1:] or p.delta.shape[1:] != q.delta.shape[1:]:
+                return False
+        for p, q in zip(fb.rows, first.rows):
+            if p.rows.shape[1:] != q.rows.shape[1:] or not torch.equal(p.index, q.index):
+                return False
+    if len(batches) == 1:
+        return first
+    kron = [KroneckerPart(parts[0].spec, torch.cat([p.a for p in parts]), torch.cat([p.delta for p in parts]))
+            for parts in zip(*[fb.kronecker for fb in batches])]
+    rows = [RowsPart(parts[0].index, torch.cat([p.rows for p in parts]))
+            for parts in zip(*[fb.rows for fb in batches])]
+    return FactoredBatch(kron, rows)
+
+
+def product_over(batches: Iterator[FactoredBatch] | list[FactoredBatch], V: torch.Tensor) -> torch.Tensor:
+    """``Σ_{batches} Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]``."""
+    out = torch.zeros_like(V)
+    mats: dict[str, torch.Tensor] = {}
+    specs: dict[str, LayerSpec] = {}
+    for fb in batches:
+        specs.update({part.spec.name: part.spec for part in fb.kronecker})
+        batch_product(fb, V, mats, out)
+    for name, spec in specs.items():
+        out[:, spec.indices().to(out.device)] += flat_matrix(spec, mats[name + "/out"])
+    return out
+
+
 def flat_matrix(spec: LayerSpec, M: torch.Tensor) -> torch.Tensor:
     """Layer matrices ``[..., d_out, cols]`` as rows in the order of ``spec.indices()`` (weight, then bias)."""
     W = M[..., : spec.d_in]
@@ -228,6 +271,8 @@ class StructuredCurvature:
         self.budget_bytes = budget_bytes
         self.cached = False
         self._batches: list[FactoredBatch] = []
+        self._whole: FactoredBatch | bool | None = None  # None: not stacked yet; False: cannot be stacked
+        self._minibatch: Any = None  # MinibatchProducts of the stacked samples (built on first use)
         self.samples_per_example = 0
 
     @staticmethod
@@ -286,7 +331,7 @@ class StructuredCurvature:
                          self.budget_bytes >> 20)
                 return
             batches.append(fb)
-        self._batches, self.cached = batches, True
+        self._batches, self.cached, self._whole, self._minibatch = batches, True, None, None
 
     def batches(self) -> Iterator[FactoredBatch]:
         if self.cached:
@@ -300,15 +345,32 @@ class StructuredCurvature:
 
     def product(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]`` (no ``1/n``, no weight decay)."""
-        out = torch.zeros_like(V)
-        mats: dict[str, torch.Tensor] = {}
-        specs: dict[str, LayerSpec] = {}
-        for fb in self.batches():
-            specs.update({part.spec.name: part.spec for part in fb.kronecker})
-            batch_product(fb, V, mats, out)
-        for name, spec in specs.items():
-            out[:, spec.indices().to(out.device)] += flat_matrix(spec, mats[name + "/out"])
-        return out
+        return product_over(self.batches(), V)
+
+    def subset_product(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
+        """``Σ_{i∈indices} Σ_k s_ik s_ikᵀ V`` (no ``1/|S|``, no weight decay) from the kept samples: a mini-batch
+        curvature product (LiSSA) with no forward or backward pass. ``None`` when the samples are not kept or
+        their batches cannot be stacked (e.g. different numbers of positions)."""
+        whole = self.whole()
+        if whole is None:
+            return None
+        if self._minibatch is None:
+            from wherefrom.curvature.minibatch import MinibatchProducts
+
+            self._minibatch = MinibatchProducts(whole)
+        return self._minibatch.product(V, indices)
+
+    def whole(self) -> FactoredBatch | None:
+        """The kept samples of the whole training set as one :class:`FactoredBatch` (built on first use)."""
+        if self._whole is None:
+            whole = stack_batches(self._batches) if self.cached else False
+            if whole is not False:  # keep one copy: the batches become views of the stacked samples
+                sizes = [fb.kronecker[0].a.shape[0] if fb.kronecker else fb.rows[0].rows.shape[0]
+                         for fb in self._batches]
+                starts = [sum(sizes[:k]) for k in range(len(sizes))]
+                self._batches = [whole.subset(slice(a, a + b)) for a, b in zip(starts, sizes)]  # type: ignore
+            self._whole = whole
+        return self._whole or None
 
     def dense(self) -> torch.Tensor:
         """``Σ_i Σ_k s_ik s_ikᵀ`` as a dense ``[p, p]`` matrix."""

@@ -28,6 +28,25 @@ function is the margin by default (``target="margin"``); ``target="task"`` uses 
 a callable). The sign follows the target: for a loss-like target the scores are negated, so positive stays
 helpful.
 
+**Kronecker projection** (``projection="kronecker"``). The same composition with LoGra's source
+(:class:`~wherefrom.sources.KroneckerProjectedGradients`) on the margin gradients: for every Linear, Conv and
+Embedding layer the per-example gradient ``G = Σ_t δ_t ãᵀ_t`` ``[d_out, d_in(+1)]`` is projected as
+
+    (P_out ⊗ P_in) vec(G) = vec(Σ_t (P_out δ_t)(P_in ã_t)ᵀ)        [k_out·k_in]
+
+from the layer captures, without forming ``G``; ``P_in``, ``P_out`` have i.i.d. ``N(0, 1/k)`` entries, drawn per
+ensemble member, layer and factor from ``seed``. Other parameters (LayerNorm, parameters of no registered layer)
+are projected densely from their (small) per-example gradients. ``proj_dim`` is the *total* feature dimension,
+shared equally over the layers and factored per layer into ``k_out·k_in`` (see
+:mod:`wherefrom.sources.kronecker`; ``att.source.ranks`` lists the pairs and ``att.source.dim`` the total, at most
+``proj_dim``). The per-layer blocks are independent, so ``E[ΦᵀΦ]`` is unchanged, but the Kronecker map
+concentrates less than a dense JL map of the same size: for a rank-one gradient ``u vᵀ`` (one position, e.g. an
+MLP) ``‖(P_out ⊗ P_in) vec(u vᵀ)‖² = ‖P_out u‖²‖P_in v‖²`` has relative variance about ``2/k_out + 2/k_in``
+rather than ``2/(k_out·k_in)``, and the known JL bounds for Kronecker maps need more dimensions for the same
+distortion and failure probability. The featurisation costs ``O(T·(d_in·k_in + d_out·k_out + k_in·k_out))`` per
+layer on top of one forward and backward pass, instead of ``O(p·k)`` for a dense projection of ``[B, p]``
+gradients. A task without a single Kronecker layer is refused.
+
 ``Q = 1 − p = σ(−margin)`` is ``−∂ℓ/∂f`` for the cross-entropy, so the method assumes a classification task
 trained with cross-entropy; the train features use margin gradients (not loss gradients, which would count
 ``1 − p`` twice).
@@ -48,7 +67,7 @@ from wherefrom.curvature.kernel import KernelSolver
 from wherefrom.errors import WherefromError
 from wherefrom.methods.composed import ComposedAttributor
 from wherefrom.projection import Projection, make_projection
-from wherefrom.sources import FullGradients
+from wherefrom.sources import FullGradients, GradientSource, KroneckerProjectedGradients
 from wherefrom.task import Checkpoint, Task
 from wherefrom.warn import warn
 
@@ -126,7 +145,9 @@ class TRAK(ComposedAttributor):
         checkpoints: checkpoints of one training run (state_dicts or paths) used as the ensemble's members.
         models: independently trained models (state_dicts or paths) of the same architecture: the ensemble.
         projection: ``"rademacher"`` (default), ``"gaussian"``, ``"sparse"`` or a projection object with
-            ``project(block, model_index)``; model ``s`` uses matrix index ``s``.
+            ``project(block, model_index)``; model ``s`` uses matrix index ``s``. ``"kronecker"``: layer-wise
+            Kronecker projections of the margin gradients from layer captures, never forming them (see the
+            module docstring; ``proj_dim`` is the total over the layers).
         damping: ``λ`` added to ``ΦᵀΦ`` (absolute, on the paper's sum-reduced kernel; the library's mean-reduced
             damping is ``λ/n``, see the module docstring).
         seed: projection seed.
@@ -155,7 +176,14 @@ class TRAK(ComposedAttributor):
             raise WherefromError("Pass models= (independently trained models) or checkpoints= (one run's "
                                  "checkpoints), not both.")
         check_loss(task)
-        proj = make_projection(projection, proj_dim, seed)
+        source: GradientSource
+        if isinstance(projection, str) and projection == "kronecker":
+            if gradients == "vmap":
+                raise WherefromError("projection='kronecker' projects the layer captures and cannot use "
+                                     "gradients='vmap'; use gradients='auto' or a dense projection.")
+            source, proj = KroneckerProjectedGradients(seed=seed, dim=proj_dim), None
+        else:
+            source, proj = FullGradients(gradients), make_projection(projection, proj_dim, seed)
         test_fn = target_function(task, target)
         if models is not None:
             cks, self.ensemble_kind = list(models), "models"
@@ -168,10 +196,18 @@ class TRAK(ComposedAttributor):
                      "one training run, not independently trained models. Pass models=[...] for the paper's "
                      "ensemble, or checkpoints=task.checkpoints to use that run's checkpoints as members.",
                      owner=task, key="trak-final-only")
-        super().__init__(task, FullGradients(gradients), KernelSolver(0.0, label="TRAK"), "dot",
+        super().__init__(task, source, KernelSolver(0.0, label="TRAK"), "dot",
                          checkpoints=cks or None, weights=[1.0 / len(cks)] * len(cks) if cks else None,
                          scale="1/n", weight_decay=False, train_fn=train_target, test_fn=test_fn,
                          train_weights=OneMinusProbability(), projection=proj, **execution)
+        if isinstance(self.source, KroneckerProjectedGradients) and not any(
+                b.spec is not None for b in self.source.layout):
+            raise WherefromError(
+                "projection='kronecker' needs at least one layer with Kronecker structure (nn.Linear, nn.Conv1d, "
+                "nn.Conv2d, nn.Embedding or a registered layer type), but none of the task's parameters "
+                f"({', '.join(task.param_names[:5])}{', ...' if len(task.param_names) > 5 else ''}) belongs to "
+                "one. Use a dense projection (projection='rademacher') or register a layer type "
+                "(wherefrom.register_layer_type).")
         self.proj_dim = proj_dim
         self.damping = float(damping)
         self.seed = seed
@@ -184,15 +220,17 @@ class TRAK(ComposedAttributor):
     def _before_fit(self, n: int) -> None:
         self.preconditioner.damping = self.damping / n  # ΦᵀΦ + λI = n (ΦᵀΦ/n + (λ/n) I)
         limit = min(n, self.task.num_params) / 4
-        if self.damping == 0 and self.proj_dim > limit:
-            warn(f"TRAK's proj_dim={self.proj_dim} is above min(n_train={n}, parameters={self.task.num_params}) / 4: "
+        if self.damping == 0 and self.source.dim > limit:
+            warn(f"TRAK's proj_dim={self.source.dim} is above min(n_train={n}, parameters={self.task.num_params}) / 4: "
                  "with damping=0 its kernel ΦᵀΦ is singular or badly conditioned, the scores are dominated by its "
                  "smallest eigenvalues and ensembling barely helps. Pass proj_dim <= "
-                 f"{max(1, int(limit))} or damping > 0.", owner=self.task, key=f"trak-proj-dim-{self.proj_dim}-{n}")
+                 f"{max(1, int(limit))} or damping > 0.", owner=self.task, key=f"trak-proj-dim-{self.source.dim}-{n}")
 
     @property
     def use_layers(self) -> bool:
         """Whether per-example gradients come from layer captures (else vmap)."""
+        if isinstance(self.source, KroneckerProjectedGradients):
+            return True
         return bool(getattr(self.source, "use_layers", False))
 
     @property

@@ -165,18 +165,32 @@ class RandomProjection(Projection):
     def project(self, block: torch.Tensor, checkpoint_index: int = 0) -> torch.Tensor:
         """``X P_c`` for ``X = block`` ``[B, p]``: ``[B, k]``, accumulated over row blocks of ``P_c``."""
         _check_block(block)
-        B, p = block.shape
-        out = torch.zeros(B, self.dim, dtype=block.dtype, device=block.device)
-        for b, start in enumerate(range(0, p, self.block_size)):
-            stop = min(start + self.block_size, p)
-            X = block[:, start:stop]
-            parts = self._block(int(checkpoint_index), b, stop - start, block.device, block.dtype)
+        return self.project_rows(block, 0, block.shape[1], checkpoint_index)
+
+    def project_rows(self, block: torch.Tensor, start: int, p: int, checkpoint_index: int = 0,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """``X P_c[start : start + w]`` for a column slice ``X`` ``[B, w]`` of a ``[B, p]`` gradient block, added to
+        ``out`` ``[B, k]`` (a new zero tensor when ``None``), which is returned.
+
+        Summing this over slices that cover ``0..p`` gives :meth:`project` of the whole block (up to the order of
+        the floating-point additions), so per-layer gradients can be projected without forming ``[B, p]``."""
+        B, w = block.shape
+        if start < 0 or start + w > p:
+            raise WherefromError(f"Rows {start}..{start + w} are outside the projection's {p} input rows.")
+        if out is None:
+            out = torch.zeros(B, self.dim, dtype=block.dtype, device=block.device)
+        bs, c = self.block_size, int(checkpoint_index)
+        for b in range(start // bs, (start + w - 1) // bs + 1 if w else 0):
+            lo, hi = max(start, b * bs), min(start + w, (b + 1) * bs)  # rows of P in this block and the slice
+            X = block[:, lo - start: hi - start]
+            parts = self._block(c, b, min(bs, p - b * bs), block.device, block.dtype)
+            r0, r1 = lo - b * bs, hi - b * bs
             if self.kind == "sparse":
                 buckets, values = parts
-                vals = (X.unsqueeze(2) * values.view(1, stop - start, self.nnz)).reshape(B, -1)
-                out.index_add_(1, buckets, vals)
+                vals = (X.unsqueeze(2) * values.view(-1, self.nnz)[r0:r1].unsqueeze(0)).reshape(B, -1)
+                out.index_add_(1, buckets.view(-1, self.nnz)[r0:r1].reshape(-1), vals)
             else:
-                out.addmm_(X, parts[0])
+                out.addmm_(X, parts[0][r0:r1])
         return out
 
 

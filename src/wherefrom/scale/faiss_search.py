@@ -60,7 +60,7 @@ def query_side(attributor: Any, test: Any) -> torch.Tensor:
     parts = []
     for c in range(len(attributor._stores)):
         TQ, col = attributor._query(c, loader)
-        y = attributor._weights[c] * TQ.to(torch.float64)
+        y = attributor._weights[c] * attributor.source.dot_rows(TQ).to(torch.float64)
         if col is not None:
             y = y * col.to(y).unsqueeze(1)
         parts.append(y)
@@ -79,11 +79,11 @@ def training_blocks(attributor: Any):
         start = parts[0][0]
         rows = [attributor._similarity_states[c].get("row") for c in range(len(parts))]
         if len(parts) == 1 and rows[0] is None and rho is None:
-            yield start, parts[0][1].to("cpu", torch.float32)
+            yield start, attributor.source.dot_rows(parts[0][1]).to("cpu", torch.float32)
             continue
         cols = []
         for (_, F), row in zip(parts, rows):
-            x = F.to(torch.float64)
+            x = attributor.source.dot_rows(F).to(torch.float64)
             if row is not None:
                 x = x * row[start: start + F.shape[0]].to(x).unsqueeze(1)
             cols.append(x)

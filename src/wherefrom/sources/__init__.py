@@ -1,6 +1,7 @@
 """Gradient sources: where the per-example features of every gradient method come from.
 
 - :class:`FullGradients` — per-example gradients ``[B, p]`` (layer captures or vmap);
+- :class:`FactoredGradients` — the same with layers kept as factors ``(ã, δ)`` where cheaper (TracInCP);
 - :class:`ProjectedGradients` — random projections ``Pᵀg`` of another source;
 - :class:`KroneckerProjectedGradients` — LoGra's layer-wise ``(P_out ⊗ P_in)`` projections from captures;
 - :class:`LastLayerGradients` — one module's parameters only.
@@ -9,6 +10,7 @@ See :mod:`wherefrom.sources.base` for the interface and :func:`feature_blocks` f
 """
 
 from wherefrom.sources.base import FeatureBlock, GradientSource, SampleBatch, feature_blocks
+from wherefrom.sources.factored import FactoredGradients
 from wherefrom.sources.full import FullGradients
 from wherefrom.sources.kronecker import KroneckerProjectedGradients
 from wherefrom.sources.last_layer import LastLayerGradients
@@ -26,6 +28,7 @@ def make_source(spec: GradientSource | None = None, projection=None) -> Gradient
 
 
 __all__ = [
+    "FactoredGradients",
     "FeatureBlock",
     "FullGradients",
     "GradientSource",

@@ -108,6 +108,11 @@ class GradientSource(Configurable):
                      c: int = 0) -> SampleBatch:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def dot_rows(self, F: torch.Tensor) -> torch.Tensor:
+        """Rows whose plain dot products are the inner products of the feature rows ``F`` ``[B, dim]`` (the rows
+        themselves here; a source that stores factors expands them), for inner-product search."""
+        return F
+
     def matrix(self, c: int = 0, dtype: torch.dtype = torch.float64,
                device: torch.device | str = "cpu") -> torch.Tensor | None:
         """The ``[p, d]`` map from full gradients to features, or ``None`` when it cannot be formed."""

@@ -10,6 +10,14 @@ are drawn from ``(seed, checkpoint, layer, factor)`` and shared by train and tes
 than its dimension is the identity. Dense layers (LayerNorm) and fallback parameters have no factors: their
 per-example gradient rows are projected by one seeded ``N(0, 1/k)`` matrix to ``k = k_in·k_out`` dimensions
 (identity when that is not smaller than their size). Blocks come in model order.
+
+**A total dimension instead of a rank** (``dim=k``, TRAK's ``projection="kronecker"``): ``k`` is shared equally
+among the blocks (layers and fallback parameters) by water-filling — a block that cannot take its share (its
+gradient has fewer entries) keeps its full size and the rest is shared among the others, the first blocks in model
+order taking the remainder — and each Kronecker block's share ``k_l`` is factored as ``k_out·k_in ≤ k_l`` with
+``k_out ≤ d_out``, ``k_in ≤ d_in(+1)``, the largest product and, among equal products, the most balanced pair
+(:func:`allocate_ranks`). The feature dimension (``dim`` after ``setup``) is therefore at most ``k`` and can be a
+little less where a share has no exact factorisation.
 """
 
 from __future__ import annotations
@@ -42,19 +50,62 @@ def _apply(x: torch.Tensor, P: torch.Tensor | None) -> torch.Tensor:
     return x if P is None else x @ P.T.to(device=x.device, dtype=x.dtype)
 
 
+def factor_pair(budget: int, d_in: int, d_out: int) -> tuple[int, int]:
+    """``(k_in, k_out)`` with ``k_in ≤ d_in``, ``k_out ≤ d_out`` and the largest ``k_in·k_out ≤ budget``; among
+    equal products the most balanced pair, then the larger ``k_in``."""
+    best = (0, 0, 0, 0)  # (product, −|k_in − k_out|, k_in, k_out)
+    for k_out in range(1, min(d_out, budget) + 1):
+        k_in = min(d_in, budget // k_out)
+        best = max(best, (k_in * k_out, -abs(k_in - k_out), k_in, k_out))
+    return best[2], best[3]
+
+
+def allocate_ranks(dim: int, blocks: list[FeatureBlock]) -> dict[str, tuple[int, int] | int]:
+    """Split a total feature dimension ``dim`` over parameter blocks (see the module docstring).
+
+    Returns ``{block: (k_in, k_out)}`` for a Kronecker block and ``{block: k}`` for a dense one."""
+    if dim < len(blocks):
+        raise WherefromError(f"A Kronecker projection to {dim} dimensions cannot cover the task's {len(blocks)} "
+                             f"layers and parameter groups (at least one dimension each): pass a dimension >= "
+                             f"{len(blocks)}.")
+    caps = {b.name: b.size for b in blocks}  # spec.size for a Kronecker block: d_out·(d_in+1)
+    share: dict[str, int] = {}
+    open_, left = [b.name for b in blocks], dim
+    while open_:
+        each, extra = divmod(left, len(open_))
+        quota = {name: each + (1 if i < extra else 0) for i, name in enumerate(open_)}
+        full = [name for name in open_ if caps[name] <= quota[name]]
+        if not full:
+            share.update(quota)
+            break
+        for name in full:
+            share[name] = caps[name]
+            left -= caps[name]
+        open_ = [name for name in open_ if name not in full]
+    out: dict[str, tuple[int, int] | int] = {}
+    for b in blocks:
+        out[b.name] = factor_pair(share[b.name], b.spec.cols, b.spec.d_out) if b.spec is not None else share[b.name]
+    return out
+
+
 class KroneckerProjectedGradients(GradientSource):
     """LoGra features (see the module docstring).
 
     Args:
         rank: ``k_in = k_out = rank`` for every layer, or a pair ``(k_in, k_out)``.
         seed: seed of the factor projections.
+        dim: a total feature dimension shared over the layers instead of one ``rank`` for all (see the module
+            docstring; ``rank`` is then ignored).
     """
 
-    def __init__(self, rank: int | tuple[int, int] = 16, seed: int = 0) -> None:
+    def __init__(self, rank: int | tuple[int, int] = 16, seed: int = 0, *, dim: int | None = None) -> None:
         k_in, k_out = (rank, rank) if isinstance(rank, int) else tuple(rank)
         if not (isinstance(k_in, int) and isinstance(k_out, int) and k_in >= 1 and k_out >= 1):
             raise WherefromError(f"rank must be a positive integer or a pair of them, got {rank!r}.")
+        if dim is not None and not (isinstance(dim, int) and dim >= 1):
+            raise WherefromError(f"dim must be a positive integer or None, got {dim!r}.")
         self.rank = (k_in, k_out)
+        self.total_dim = dim
         self.seed = seed
         self.task = None  # type: ignore[assignment]
         self._factors: dict[tuple, Any] = {}
@@ -64,18 +115,22 @@ class KroneckerProjectedGradients(GradientSource):
         self.layers = LayerSet(task)
         self._param_layout = parameter_layout(task, self.layers)
         k_in, k_out = self.rank
+        ranks = allocate_ranks(self.total_dim, self._param_layout) if self.total_dim is not None else {}
         blocks, offset = [], 0
         self._dims: dict[str, tuple[int, int]] = {}
+        self.ranks: dict[str, tuple[int, int] | int] = {}  # {block: (k_in, k_out)} or {block: k}
         for pb in self._param_layout:
             if pb.spec is not None:
                 d_in, d_out = pb.spec.cols, pb.spec.d_out
                 self._dims[pb.name] = (d_in, d_out)
-                ki, ko = min(k_in, d_in), min(k_out, d_out)
+                ki, ko = ranks[pb.name] if ranks else (min(k_in, d_in), min(k_out, d_out))  # type: ignore[misc]
+                self.ranks[pb.name] = (ki, ko)
                 spec = LayerSpec(pb.name, (offset, offset + ki * ko), None, ko, ki)
                 blocks.append(FeatureBlock(pb.name, spec.indices(), spec))
                 offset += ki * ko
             else:
-                k = min(k_in * k_out, pb.size)
+                k = int(ranks[pb.name]) if ranks else min(k_in * k_out, pb.size)  # type: ignore[arg-type]
+                self.ranks[pb.name] = k
                 blocks.append(FeatureBlock(pb.name, torch.arange(offset, offset + k), None, pb.fallback))
                 offset += k
         self.layout, self.dim = blocks, offset
@@ -88,8 +143,9 @@ class KroneckerProjectedGradients(GradientSource):
         key = (c, name, str(device))
         if key not in self._factors:
             d_in, d_out = self._dims[name]
-            self._factors[key] = (gaussian_factor(self.rank[0], d_in, device, "logra", self.seed, c, name, "in"),
-                                  gaussian_factor(self.rank[1], d_out, device, "logra", self.seed, c, name, "out"))
+            k_in, k_out = self.ranks[name]  # type: ignore[misc]
+            self._factors[key] = (gaussian_factor(k_in, d_in, device, "logra", self.seed, c, name, "in"),
+                                  gaussian_factor(k_out, d_out, device, "logra", self.seed, c, name, "out"))
         return self._factors[key]
 
     def dense_factor(self, c: int, block: FeatureBlock, size: int, device: torch.device | str):

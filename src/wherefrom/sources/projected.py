@@ -2,6 +2,12 @@
 
 Checkpoint ``c`` uses the projection's matrix ``P_c`` for train and test alike (see
 :mod:`wherefrom.projection.random`); the feature vector is one dense block.
+
+**Layer by layer.** When the base is :class:`FullGradients` taking its gradients from layer captures and the
+projection can project a slice of rows (:meth:`RandomProjection.project_rows`), the ``[B, p]`` gradient block is
+never assembled: since ``Pᵀg = Σ_π P[rows_π]ᵀ g_π`` over the parameters ``π`` (contiguous ranges of the flat
+vector), each layer's per-example gradients are projected as soon as they are formed and the results added. The
+features are the same (up to the order of floating-point additions); peak memory holds one layer's gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 
 from wherefrom.errors import WherefromError
 from wherefrom.gradients import Probe
+from wherefrom.layers.base import LayerCaptureError, LayerIO
 from wherefrom.projection import Projection, make_projection
 from wherefrom.sources.base import FeatureBlock, GradientSource, SampleBatch
 from wherefrom.sources.full import FullGradients
@@ -55,7 +62,26 @@ class ProjectedGradients(GradientSource):
 
     def batch_features(self, state: Mapping[str, torch.Tensor], batch: Any, fn: LossFn | Probe,
                        c: int = 0) -> torch.Tensor:
+        if (isinstance(self.base, FullGradients) and self.base.use_layers
+                and hasattr(self.projection, "project_rows")):
+            try:
+                return self._layer_by_layer(state, batch, fn, c)
+            except LayerCaptureError:
+                pass  # the base falls back to vmap (or raises) on its own
         return self.projection.project(self.base.batch_features(state, batch, fn, c), c)
+
+    def _layer_by_layer(self, state: Mapping[str, torch.Tensor], batch: Any, fn: LossFn | Probe,
+                        c: int) -> torch.Tensor:
+        """``Σ_π P[rows_π]ᵀ g_π`` over the parameters of every captured layer (see the module docstring)."""
+        layers, slices, p = self.base.layers, self.task.param_slices(), self.base.dim  # type: ignore[attr-defined]
+        out = None
+        for name, io in layers.capture(state, batch, fn).items():
+            grads = layers.layers[name].to_flat(io.gradients()) if isinstance(io, LayerIO) else io.grads
+            for pname, rows in grads.items():
+                out = self.projection.project_rows(rows, slices[pname].start, p, c, out)
+        if out is None:
+            raise LayerCaptureError("no layer was captured")
+        return out
 
     def batch_sample(self, state: Mapping[str, torch.Tensor], batch: Any, probe: LossFn | Probe,
                      c: int = 0) -> SampleBatch:
