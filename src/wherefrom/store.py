@@ -165,7 +165,12 @@ class TopK:
 
 
 class StreamingTopK:
-    """Running top-k (largest and smallest) over row blocks of an ``[n, m]`` score matrix, never storing it."""
+    """Running top-k (largest and smallest) over row blocks of an ``[n, m]`` score matrix, never storing it.
+
+    Exactly tied scores are ordered by training index, lowest first, and a tie at the ``k``-th place keeps the
+    lowest indices: the result depends on the scores only, not on how the rows are cut into blocks, in which order
+    the blocks arrive, or in which order partial top-k of disjoint rows are merged (as Dask tasks' results are).
+    """
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -176,12 +181,26 @@ class StreamingTopK:
 
     @staticmethod
     def _merge(vals, idx, new_vals, new_idx, k, largest):
-        if vals is not None:
-            new_vals = torch.cat([vals, new_vals], dim=0)
-            new_idx = torch.cat([idx, new_idx], dim=0)
-        kk = min(k, new_vals.shape[0])
-        top_v, pos = torch.topk(new_vals, kk, dim=0, largest=largest, sorted=True)
-        return top_v, torch.gather(new_idx, 0, pos)
+        """The ``min(k, N)`` best of ``N`` candidates per column — the previous best ``vals`` / ``idx``
+        (``[k', m]``, or ``None``) stacked on ``new_vals`` / ``new_idx`` (``[B, m]``; an expanded view is fine, it is
+        never materialised) — ordered by value, exact ties by lower index."""
+        cand = new_vals if vals is None else torch.cat([vals, new_vals], dim=0)  # [N, m]
+        n = cand.shape[0]
+        kk = min(k, n)
+        # one place more than needed: where it ties with the last kept one, a tie straddles the cut
+        top_v, pos = torch.topk(cand, min(kk + 1, n), dim=0, largest=largest, sorted=True)
+        top_i = _candidate_index(idx, new_idx, pos)
+        if top_v.shape[0] > kk:
+            cols = torch.nonzero(top_v[kk] == top_v[kk - 1]).flatten()
+            top_v, top_i = top_v[:kk], top_i[:kk]
+            if cols.numel():
+                top_i[:, cols] = _lowest_tied_at_cut(cand[:, cols], idx, new_idx, cols, top_v[:, cols],
+                                                     top_i[:, cols], largest)
+        # order by (value, index): stable sort by index, then stable sort by value
+        by_index = torch.argsort(top_i, dim=0, stable=True)
+        top_v, top_i = torch.gather(top_v, 0, by_index), torch.gather(top_i, 0, by_index)
+        by_value = torch.sort(top_v, dim=0, descending=largest, stable=True).indices
+        return torch.gather(top_v, 0, by_value), torch.gather(top_i, 0, by_value)
 
     def update(self, start: int, block: torch.Tensor) -> None:
         """Add score rows ``start .. start+B`` (``block`` is ``[B, m]``)."""
@@ -195,3 +214,32 @@ class StreamingTopK:
             raise ValueError("No scores were added.")
         return TopK(self._hi_i.T.contiguous(), self._hi_v.T.contiguous(),
                     self._lo_i.T.contiguous(), self._lo_v.T.contiguous())
+
+
+def _candidate_index(idx: torch.Tensor | None, new_idx: torch.Tensor, pos: torch.Tensor,
+                     cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Training index of candidate rows ``pos`` (``[r, c]``) of ``cat([idx, new_idx])``, in columns ``cols`` (or
+    all)."""
+    if cols is not None:
+        new_idx = new_idx[:, cols]
+        idx = None if idx is None else idx[:, cols]
+    if idx is None:
+        return torch.gather(new_idx, 0, pos)
+    k0 = idx.shape[0]
+    return torch.where(pos < k0, torch.gather(idx, 0, pos.clamp(max=k0 - 1)),
+                       torch.gather(new_idx, 0, (pos - k0).clamp(min=0)))
+
+
+def _lowest_tied_at_cut(cand: torch.Tensor, idx: torch.Tensor | None, new_idx: torch.Tensor, cols: torch.Tensor,
+                        top_v: torch.Tensor, top_i: torch.Tensor, largest: bool) -> torch.Tensor:
+    """``top_i`` (``[kk, c]``, the sorted top-``kk`` of the candidates ``cand`` ``[N, c]`` of columns ``cols``) with
+    the places taken by the ``kk``-th value ``t`` given to the lowest indices among *all* candidates equal to ``t``."""
+    kk, n = top_v.shape[0], cand.shape[0]
+    cut = top_v[-1:]  # [1, c]
+    n_better = ((cand > cut) if largest else (cand < cut)).sum(0, keepdim=True)  # [1, c]: all of them are kept
+    every = torch.arange(n, device=cand.device).unsqueeze(1).expand(n, len(cols))
+    index = _candidate_index(idx, new_idx, every, cols)  # [N, c]
+    tied = torch.where(cand == cut, index, torch.full_like(index, torch.iinfo(index.dtype).max))
+    lowest = torch.topk(tied, kk, dim=0, largest=False, sorted=True).values  # [kk, c]: tied indices, ascending
+    place = torch.arange(kk, device=cand.device).unsqueeze(1)  # [kk, 1]
+    return torch.where(place < n_better, top_i, torch.gather(lowest, 0, (place - n_better).clamp(min=0)))
