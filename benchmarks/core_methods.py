@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 import wherefrom as wf
+from wherefrom.curvature import NystromSolver
 from wherefrom.data import mnist_datasets
 
-METHODS = ["if-explicit", "if-cg", "if-lissa", "tracin", "grad-dot", "grad-cos"]
+METHODS = ["if-explicit", "if-cg", "if-cg-nystrom", "if-lissa", "tracin", "grad-dot", "grad-cos"]
+NYSTROM_RANK = 400  # the sketch of the Nyström preconditioner of "if-cg-nystrom"
 WD = 1e-3
 
 
@@ -53,6 +55,9 @@ def build(method: str, model, checkpoints, lr, cg_max_iter: int = 100):
         return wf.InfluenceFunction(task, solver="explicit", damping=1e-3)
     if method == "if-cg":
         return wf.InfluenceFunction(task, solver="cg", damping=1e-3, max_iter=cg_max_iter, tol=1e-6)
+    if method == "if-cg-nystrom":
+        pre = NystromSolver(damping=1e-3, rank=NYSTROM_RANK)
+        return wf.InfluenceFunction(task, solver="cg", damping=1e-3, max_iter=cg_max_iter, tol=1e-6, preconditioner=pre)
     if method == "if-lissa":
         return wf.InfluenceFunction(task, solver="lissa", damping=1e-3, depth=200, hvp_batch_size=500)
     if method == "tracin":

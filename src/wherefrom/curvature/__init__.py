@@ -27,6 +27,7 @@ from wherefrom.curvature.identity import DiagonalSolver, IdentityPreconditioner
 from wherefrom.curvature.kernel import KernelSolver
 from wherefrom.curvature.kfac import EKFACSolver, KFACSolver
 from wherefrom.curvature.lissa import LissaSolver
+from wherefrom.curvature.nystrom import NystromSolver
 from wherefrom.curvature.objective import TrainingObjective
 from wherefrom.curvature.space import CurvatureOperator, FeatureSpace
 
@@ -46,6 +47,7 @@ __all__ = [
     "KFACSolver",
     "KernelSolver",
     "LissaSolver",
+    "NystromSolver",
     "Preconditioner",
     "Relative",
     "Solver",
