@@ -40,13 +40,14 @@ class Probe:
         return self.fn(outputs, batch) if self.aux is None else self.fn(outputs, batch, self.aux)
 
 
-def _unsqueeze_tree(example: Any) -> Any:
+def unsqueeze_example(example: Any) -> Any:
+    """One example inside ``vmap`` (tensors, or lists / tuples / mappings of them) as a batch of one."""
     if isinstance(example, torch.Tensor):
         return example.unsqueeze(0)
     if isinstance(example, (list, tuple)):
-        return type(example)(_unsqueeze_tree(e) for e in example)
-    if isinstance(example, dict):
-        return {k: _unsqueeze_tree(v) for k, v in example.items()}
+        return type(example)(unsqueeze_example(e) for e in example)
+    if isinstance(example, Mapping):
+        return {k: unsqueeze_example(v) for k, v in example.items()}
     return example
 
 
@@ -60,7 +61,7 @@ def per_example_grad_fn(task: Task, fn: LossFn | Probe, state: Mapping[str, torc
         aux_fn, aux = fn.fn, fn.aux
 
         def single_aux(flat: torch.Tensor, example: Any, aux_row: torch.Tensor) -> torch.Tensor:
-            batch1, aux1 = _unsqueeze_tree(example), aux_row.unsqueeze(0)
+            batch1, aux1 = unsqueeze_example(example), aux_row.unsqueeze(0)
             return task.per_example(lambda o, b: aux_fn(o, b, aux1), flat, state, batch1).reshape(-1)[0]
 
         mapped = vmap(grad(single_aux), in_dims=(None, 0, 0), randomness=task.vmap_randomness)
@@ -68,7 +69,7 @@ def per_example_grad_fn(task: Task, fn: LossFn | Probe, state: Mapping[str, torc
     plain = fn.fn if isinstance(fn, Probe) else fn
 
     def single(flat: torch.Tensor, example: Any) -> torch.Tensor:
-        return task.per_example(plain, flat, state, _unsqueeze_tree(example)).reshape(-1)[0]
+        return task.per_example(plain, flat, state, unsqueeze_example(example)).reshape(-1)[0]
 
     return vmap(grad(single), in_dims=(None, 0), randomness=task.vmap_randomness)
 

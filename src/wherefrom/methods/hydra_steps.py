@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from wherefrom.data.loaders import collate_indices
 from wherefrom.errors import WherefromError
+from wherefrom.gradients import unsqueeze_example
 from wherefrom.task import Task
 from wherefrom.trajectory.optimizers import rule_for
 from wherefrom.trajectory.store import Trajectory, TrajectoryStep
@@ -82,16 +83,6 @@ def check_compatible(task: Task, trajectory: Trajectory, n_train: int) -> None:
     if top >= n_train:
         raise TrajectoryMismatchError(f"The trajectory's batches use training index {top} but the training data "
                                       f"has {n_train} examples: pass the dataset the run was trained on.")
-
-
-def _unsqueeze(example: Any) -> Any:
-    if isinstance(example, torch.Tensor):
-        return example.unsqueeze(0)
-    if isinstance(example, (list, tuple)):
-        return type(example)(_unsqueeze(e) for e in example)
-    if isinstance(example, Mapping):
-        return {k: _unsqueeze(v) for k, v in example.items()}
-    return example
 
 
 def _rows(batch: Any, rows: torch.Tensor) -> Any:
@@ -174,7 +165,7 @@ class StepEvaluator:
         params = self.split(data.theta if theta is None else theta)
 
         def single(pd, example):
-            return self.losses(pd, _unsqueeze(example), fn).reshape(-1)[0]
+            return self.losses(pd, unsqueeze_example(example), fn).reshape(-1)[0]
 
         per_example = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
         blocks = [self.join(per_example(params, _rows(data.batch, r.to(self.device))), 1).detach()
@@ -193,7 +184,7 @@ class StepEvaluator:
         params = self.split(data.theta)
         if V.shape[0] >= data.size:
             def single(pd, example):
-                return self.losses(pd, _unsqueeze(example)).reshape(-1)[0]
+                return self.losses(pd, unsqueeze_example(example)).reshape(-1)[0]
 
             per_example = vmap(grad(single), in_dims=(None, 0), randomness=self.task.vmap_randomness)
             out = []
