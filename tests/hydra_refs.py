@@ -36,7 +36,7 @@ def batch_plan(n: int, batch: int, epochs: int, seed: int = 2) -> list[torch.Ten
     return plan
 
 
-def train_recorded(model, make_opt, data, plan, schedule=None, path=None, clip=None):
+def train_recorded(model, make_opt, data, plan, schedule=None, path=None, clip=None, store_params=True):
     """Train ``model`` with the optimizer from ``make_opt(model)`` over ``plan``, recording every step.
 
     ``schedule(opt, t)`` may change param-group hyper-parameters before step ``t``. Returns (trajectory, hypers)
@@ -44,7 +44,7 @@ def train_recorded(model, make_opt, data, plan, schedule=None, path=None, clip=N
     """
     X, y = data
     opt = make_opt(model)
-    rec = wf.TrajectoryRecorder(model, opt, path=path)
+    rec = wf.TrajectoryRecorder(model, opt, path=path, store_params=store_params)
     hypers = []
     for t, b in enumerate(plan):
         if schedule is not None:
@@ -114,8 +114,12 @@ def jvp_weight_derivatives(model, params0, data, plan, hypers, kind, groups) -> 
 
 def target_grads(model, state, test) -> torch.Tensor:
     """``[m, p]`` per-example test-loss gradients at ``state`` (one backward per example)."""
-    X, y = test
     model.load_state_dict(state)
+    return example_grads(model, *test)
+
+
+def example_grads(model, X, y) -> torch.Tensor:
+    """``[n, p]`` per-example cross-entropy gradients at the model's current parameters (one backward each)."""
     rows = []
     for j in range(len(y)):
         model.zero_grad()

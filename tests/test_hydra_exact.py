@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import jacfwd
 
 import wherefrom as wf
-from hydra_refs import batch_plan, target_grads, tiny_data, tiny_mlp, train_recorded, unrolled
+from hydra_refs import batch_plan, example_grads, target_grads, tiny_data, tiny_mlp, train_recorded, unrolled
 
 TRAIN, TEST = tiny_data()
 PLAN = batch_plan(10, 4, 2)  # 6 steps, batches of 4, 4, 2 (ragged) per epoch
@@ -95,12 +95,7 @@ def test_higher_is_better_target_flips_sign():
 
 def _example_grads_at(model, theta, X, y):
     torch.nn.utils.vector_to_parameters(theta, model.parameters())
-    rows = []
-    for i in range(len(y)):
-        model.zero_grad()
-        F.cross_entropy(model(X[i:i + 1]), y[i:i + 1]).backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    return torch.stack(rows)
+    return example_grads(model, X, y)
 
 
 @pytest.mark.parametrize("momentum,wd", [(0.9, 0.01), (0.0, 0.0)])
@@ -204,15 +199,8 @@ def test_first_order_agreement_with_weight_zeroed_retraining():
     plan = batch_plan(40, 8, 3, seed=6)
     model = tiny_mlp(seed=4)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    rec = wf.TrajectoryRecorder(model, opt)
-    X, y = train
-    for b in plan:
-        opt.zero_grad()
-        F.cross_entropy(model(X[b]), y[b]).backward()
-        rec.record(b)
-        opt.step()
-    traj = rec.close()
+    traj, _ = train_recorded(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3),
+                             train, plan)
     scores = wf.HYDRA(wf.Task(model.eval()), traj).fit(train).score(test)
 
     def test_loss(m):

@@ -165,15 +165,7 @@ def test_record_without_step_is_dropped():
 def test_lean_replays_a_run_recorded_without_parameters():
     model, traj = _recorded()
     lean_model = tiny_mlp()
-    X, y = TRAIN
-    opt = _sgd(lean_model)
-    rec = wf.TrajectoryRecorder(lean_model, opt, store_params=False)
-    for b in PLAN:
-        opt.zero_grad()
-        F.cross_entropy(lean_model(X[b]), y[b]).backward()
-        rec.record(b)
-        opt.step()
-    light = rec.close()
+    light, _ = train_recorded(lean_model, _sgd, TRAIN, PLAN, store_params=False)
     assert light.step(3).theta is None and light.step(0).theta is not None
     expected = wf.HYDRA(wf.Task(model), traj, hessian=False, engine="reverse").fit(TRAIN).score(TEST)
     lean = wf.HYDRA(wf.Task(lean_model.eval()), light, hessian=False)  # auto → lean (replaying)
