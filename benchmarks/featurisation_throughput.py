@@ -17,10 +17,9 @@ use one thread: two contending BLAS threads made every small kernel up to 50x sl
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 from torch import nn
 
 import wherefrom as wf
@@ -32,15 +31,6 @@ from wherefrom.sources import FullGradients, feature_blocks
 def mnist_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 64), nn.ReLU(),
                          nn.Dropout(0.1), nn.Linear(64, 10))
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -117,9 +107,9 @@ def main() -> None:
           f"threads {args.threads}, median of {args.repeats}", flush=True)
     base = None
     for name, fn in rows:
-        t = timed(fn, 1)  # warm-up; slow rows (> 5 s) are timed once
+        t = median_seconds(fn, 1)  # warm-up; slow rows (> 5 s) are timed once
         if t < 5:
-            t = timed(fn, args.repeats)
+            t = median_seconds(fn, args.repeats)
         base = t if base is None else base
         print(f"| {name:40s} | {t:8.3f} s | {args.n / t:10.0f} ex/s | {t / base:6.2f}x |", flush=True)
 

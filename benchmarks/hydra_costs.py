@@ -28,12 +28,11 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
+from timing import median_seconds
 
 import wherefrom as wf
 from wherefrom.bench import Workspace, get_setting
@@ -41,15 +40,6 @@ from wherefrom.bench import train as tr
 from wherefrom.bench.runner import PeakMemory
 from wherefrom.data.loaders import as_loader
 from wherefrom.methods.hydra_steps import StepData, StepEvaluator
-
-
-def _clock(fn, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _tracin_every_step(ev: StepEvaluator, test, lr_of_step) -> torch.Tensor:
@@ -79,7 +69,7 @@ def costs(name: str, n_targets: int, n_track: int, cache_dir: str | None, **over
     res: dict = {"setting": name, "steps": len(traj), "p": traj.num_params, "n_train": len(train),
                  "n_test": len(test), "batch": setting.recipe.batch_size}
 
-    res["train_s"] = _clock(lambda: tr.train_sgd(setting, train), 3)
+    res["train_s"] = median_seconds(lambda: tr.train_sgd(setting, train), 3)
 
     def recorded():
         model = setting.make_model()
@@ -95,32 +85,32 @@ def costs(name: str, n_targets: int, n_track: int, cache_dir: str | None, **over
             opt.step()
         rec.close()
 
-    res["train_recorded_s"] = _clock(recorded, 1)
+    res["train_recorded_s"] = median_seconds(recorded, 1)
     T = res["train_s"]
 
     h = wf.HYDRA(task, traj, engine="reverse", verify=True, targets_per_pass=n_targets)
-    res["fit_check_s"] = _clock(lambda: h.fit(train))
+    res["fit_check_s"] = median_seconds(lambda: h.fit(train))
     test_first = tuple(t[:n_targets] for t in test.tensors)
     Q = torch.cat([g for _, g in h._query_blocks(test_first, n_targets)])
     for k in sorted({1, n_targets}):
-        s = _clock(lambda k=k: h._weight_gradients(Q[:k]))
+        s = median_seconds(lambda k=k: h._weight_gradients(Q[:k]))
         res[f"reverse_exact_{k}_s"] = s
         res[f"reverse_exact_per_target_K{k}_x_train"] = s / k / T
 
     fwd = wf.HYDRA(task, traj, engine="forward", track=list(range(n_track)), track_chunk=n_track, verify=False)
-    s = _clock(lambda: fwd.fit(train))
+    s = median_seconds(lambda: fwd.fit(train))
     res["forward_exact_s"] = s
     res["forward_exact_per_example_x_train"] = s / n_track / T
 
     approx = wf.HYDRA(task, traj, hessian=False, engine="reverse", targets_per_pass=len(test), verify=False).fit(train)
-    s = _clock(lambda: approx.score(test))
+    s = median_seconds(lambda: approx.score(test))
     res["approx_all_s"], res["approx_all_x_train"] = s, s / T
     ev = StepEvaluator(task, traj, as_loader(train, 64), hvp_chunk=len(test))
     with task.attribution_mode():
-        s = _clock(lambda: _tracin_every_step(ev, test, lambda st: float(st.hyper["lr"][0])))
+        s = median_seconds(lambda: _tracin_every_step(ev, test, lambda st: float(st.hyper["lr"][0])))
     res["tracin_every_step_s"], res["tracin_every_step_x_train"] = s, s / T
     one = wf.TracInCP(task, checkpoints=[ref.state], learning_rates=setting.recipe.lr)
-    s = _clock(lambda: one.fit(train).score(test))
+    s = median_seconds(lambda: one.fit(train).score(test))
     res["tracincp_one_checkpoint_s"] = s
     res["tracincp_every_step_estimate_x_train"] = s * len(traj) / T
     return res
