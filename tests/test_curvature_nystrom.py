@@ -60,6 +60,13 @@ def test_nystrom_preconditioned_cg_takes_fewer_iterations_to_the_same_solution()
     torch.testing.assert_close(x_pcg, ref, rtol=0, atol=1e-6 * scale)
     torch.testing.assert_close(x_plain, ref, rtol=0, atol=1e-6 * scale)
     assert pcg.iterations_ < plain.iterations_
+    # by name with options: the same preconditioner, built with CG's damping
+    named = CGSolver(damping=lam, tol=1e-10, max_iter=500, preconditioner="nystrom",
+                     preconditioner_options={"rank": obj.p // 2}).fit(obj)
+    torch.testing.assert_close(named.solve(V), x_pcg, rtol=0, atol=1e-8 * scale)
+    assert named.iterations_ == pcg.iterations_ and named._precond.rank == obj.p // 2
+    with pytest.raises(wf.WherefromError, match="by name"):
+        CGSolver(preconditioner=pre, preconditioner_options={"rank": 3})
 
 
 def test_nystrom_by_name_through_influence_function_and_bad_input():

@@ -19,8 +19,8 @@ class RandomSPDObjective:
         self.A = self.parts.mean(0) + wd * torch.eye(p, dtype=torch.float64)
         self.dtype, self.device = torch.float64, torch.device("cpu")
 
-    def hvp(self, V):
-        return V @ self.A
+    def hvp(self, V, shift=0.0):
+        return V @ self.A + shift * V
 
     def minibatch_hvp(self, V, idx):
         return V @ self.parts[idx].mean(0) + self.wd * V

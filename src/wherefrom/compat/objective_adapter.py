@@ -118,10 +118,10 @@ class RegularisedObjective(TrainingObjective):
 
         return vmap(one)(V)
 
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+    def hvp(self, V: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
-        out = super().hvp(V) + self.regulariser_hvp(V)
+        out = super().hvp(V, shift) + self.regulariser_hvp(V)
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

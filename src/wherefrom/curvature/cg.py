@@ -36,7 +36,10 @@ class CGSolver(Preconditioner):
         damping: ``λ`` (see :mod:`wherefrom.curvature.damping`).
         max_iter: iteration cap. tol: relative residual at which a column stops.
         preconditioner: ``None`` (plain CG) or a preconditioner (name or instance) fitted on the same space whose
-            ``solve`` approximates ``(C + λI)⁻¹`` (a name is built with this solver's damping).
+            ``solve`` approximates ``(C + λI)⁻¹``. A name is built with this solver's damping and
+            ``preconditioner_options`` (e.g. ``preconditioner="nystrom", preconditioner_options={"rank": 400}``);
+            an instance keeps its own settings, damping included.
+        preconditioner_options: options of a preconditioner given by name.
         warm_start: start from the previous solution when the same right-hand sides are solved again (e.g. after
             changing ``damping``); ``solve(V, x0=...)`` gives a start explicitly.
 
@@ -49,7 +52,8 @@ class CGSolver(Preconditioner):
     needs_space = True
 
     def __init__(self, damping: Any = 0.0, max_iter: int = 200, tol: float = 1e-7, progress: bool | None = None,
-                 curvature: str | None = None, preconditioner: Any = None, warm_start: bool = False):
+                 curvature: str | None = None, preconditioner: Any = None, warm_start: bool = False,
+                 preconditioner_options: dict[str, Any] | None = None):
         super().__init__(damping, curvature)
         if int(max_iter) < 1 or not tol >= 0:
             raise WherefromError(f"CG needs max_iter >= 1 and tol >= 0; got max_iter={max_iter}, tol={tol}.")
@@ -59,7 +63,11 @@ class CGSolver(Preconditioner):
         self.max_iter = int(max_iter)
         self.tol = float(tol)
         self.progress = progress
+        if preconditioner_options and (preconditioner is None or isinstance(preconditioner, Preconditioner)):
+            raise WherefromError("preconditioner_options apply to a preconditioner given by name (e.g. "
+                                 "preconditioner='nystrom'); an instance carries its own options.")
         self.preconditioner = preconditioner
+        self.preconditioner_options = dict(preconditioner_options or {})
         self.warm_start = bool(warm_start)
         self.residuals_: torch.Tensor | None = None
         self.iterations_: int = 0
@@ -75,7 +83,7 @@ class CGSolver(Preconditioner):
         if self.preconditioner is not None:
             pre = self.preconditioner
             if not isinstance(pre, Preconditioner):
-                pre = make_solver(pre, self._damping)
+                pre = make_solver(pre, self._damping, **self.preconditioner_options)
             self._precond = pre.fit(objective)
         return self
 
@@ -86,13 +94,18 @@ class CGSolver(Preconditioner):
         return cfg
 
     def _apply(self, X: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().hvp(X) + self.effective_damping * X
+        """``(C + λI) X``: the damping is added in the product's own pass."""
+        return self._require_fit().hvp(X, shift=self.effective_damping)
 
     def _minv(self, R: torch.Tensor) -> torch.Tensor:
         return R if self._precond is None else self._precond.solve(R).to(R.dtype)
 
     def solve(self, V: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
-        """``(C + λI)⁻¹ V`` for ``V`` ``[m, p]``, column by column to ``tol`` (from ``x0`` ``[m, p]`` if given)."""
+        """``(C + λI)⁻¹ V`` for ``V`` ``[m, p]``, column by column to ``tol`` (from ``x0`` ``[m, p]`` if given).
+
+        The iterations work on contiguous tensors of the unconverged columns only: when columns converge, their
+        solutions are written out and the working set is compacted once, so an iteration is one product plus a
+        handful of in-place passes over the working set (no gathered copies per iteration)."""
         self._require_fit()
         tiny = torch.finfo(V.dtype).tiny
         v_norm = V.norm(dim=1).clamp_min(tiny)
@@ -110,54 +123,43 @@ class CGSolver(Preconditioner):
             X = torch.zeros_like(V)
             R = V.clone()
             self.products_ = 0
-        Z = self._minv(R)
-        D = Z.clone()
-        rz = (R * Z).sum(1)
         res = R.norm(dim=1) / v_norm
         history = [res.clone()]
-        active = res > self.tol
         col_iters = torch.zeros(V.shape[0], dtype=torch.long, device=V.device)
+        # the working set: columns `cols` of the problem, still above tol
+        cols = torch.nonzero(res > self.tol).flatten()
+        Xw, Rw, vn = X[cols], R[cols], v_norm[cols]
+        Zw = self._minv(Rw)
+        Dw = Zw.clone()
+        rz = torch.linalg.vecdot(Rw, Zw)
         it = 0
         for it in track(range(1, self.max_iter + 1), "CG iterations", self.max_iter, self.progress):
-            if not bool(active.any()):
+            if cols.numel() == 0:
                 it -= 1
                 break
-            n_active = int(active.sum())
-            # every column active: plain views, no gathered copies; otherwise the active columns only
-            idx: slice | torch.Tensor = slice(None) if n_active == V.shape[0] else torch.nonzero(active).flatten()
-            Di = D[idx]
-            AD = self._apply(Di)
-            self.products_ += n_active
-            dAd = torch.linalg.vecdot(Di, AD)
+            AD = self._apply(Dw)
+            self.products_ += cols.numel()
+            dAd = torch.linalg.vecdot(Dw, AD)
             if bool((dAd <= 0).any()):
-                worst = float((dAd / (Di * Di).sum(1)).min())
-                raise NonPositiveDefiniteError(
-                    f"CG met negative curvature (dᵀ(C+λI)d / dᵀd = {worst:.3g} at iteration {it}): the damped "
-                    f"curvature is not positive definite with damping {self.effective_damping:g}. Increase damping "
-                    "above the most negative eigenvalue (see wherefrom.curvature.diagnostics), or use a positive "
-                    "semi-definite curvature: InfluenceFunction(..., curvature='ggn')."
-                )
-            alpha = (rz[idx] / dAd).unsqueeze(1)
-            if isinstance(idx, slice):  # in place on the full tensors
-                X.addcmul_(alpha, D)
-                R.addcmul_(alpha, AD, value=-1.0)
-                Ri = R
-            else:
-                X[idx] += alpha * Di
-                Ri = R[idx] - alpha * AD
-                R[idx] = Ri
-            Zi = self._minv(Ri)
-            rz_new = torch.linalg.vecdot(Ri, Zi)
-            beta = (rz_new / rz[idx].clamp_min(tiny)).unsqueeze(1)
-            if isinstance(idx, slice):
-                D.mul_(beta).add_(Zi)
-            else:
-                D[idx] = Zi + beta * Di
-            rz[idx] = rz_new
-            res[idx] = Ri.norm(dim=1) / v_norm[idx]
-            col_iters[idx] += 1
+                self._negative_curvature(dAd, Dw, it)
+            alpha = (rz / dAd).unsqueeze(1)
+            Xw.addcmul_(alpha, Dw)
+            Rw.addcmul_(alpha, AD, value=-1.0)
+            Zw = self._minv(Rw)
+            rz_new = torch.linalg.vecdot(Rw, Zw)
+            # plain CG: Z = R, so ‖r‖² is rᵀz and needs no pass of its own
+            res_w = (rz_new.clamp_min(0).sqrt() if self._precond is None else Rw.norm(dim=1)) / vn
+            torch.addcmul(Zw, Dw, (rz_new / rz.clamp_min(tiny)).unsqueeze(1), out=Dw)  # D ← Z + βD
+            rz = rz_new
+            res[cols] = res_w
+            col_iters[cols] += 1
             history.append(res.clone())
-            active[idx] = res[idx] > self.tol
+            done = res_w <= self.tol
+            if bool(done.any()):  # write the converged columns out; keep the others contiguous
+                X[cols[done]] = Xw[done]
+                keep = ~done
+                cols, Xw, Rw, Dw, rz, vn = cols[keep], Xw[keep], Rw[keep], Dw[keep], rz[keep], vn[keep]
+        X[cols] = Xw
         self.iterations_ = it
         self.residuals_ = res
         self.column_iterations_ = col_iters
@@ -167,3 +169,12 @@ class CGSolver(Preconditioner):
         log.info("CG finished after %d iterations (%d vector products); max relative residual %.3g", it,
                  self.products_, float(res.max()))
         return X
+
+    def _negative_curvature(self, dAd: torch.Tensor, D: torch.Tensor, it: int) -> None:
+        worst = float((dAd / (D * D).sum(1)).min())
+        raise NonPositiveDefiniteError(
+            f"CG met negative curvature (dᵀ(C+λI)d / dᵀd = {worst:.3g} at iteration {it}): the damped "
+            f"curvature is not positive definite with damping {self.effective_damping:g}. Increase damping "
+            "above the most negative eigenvalue (see wherefrom.curvature.diagnostics), or use a positive "
+            "semi-definite curvature: InfluenceFunction(..., curvature='ggn')."
+        )

@@ -202,19 +202,21 @@ class TrainingObjective(CurvatureOperator):
         self.hvp_count += self.p * self.n
         return H
 
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """``C V`` for ``V`` of shape ``[m, p]`` (or ``[p]``) over the whole training set; ``C`` the curvature."""
+    def hvp(self, V: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+        """``C V + shift · V`` for ``V`` of shape ``[m, p]`` (or ``[p]``) over the whole training set; ``C`` the
+        curvature (weight decay included). ``shift`` is CG's damping, added in the same pass as the weight decay."""
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
+        diagonal = self.weight_decay + shift
         op = self.structured_operator()
         if op is not None and op.worth_it(V.shape[0]):
-            out = op.product(V).div_(self.n).add_(V, alpha=self.weight_decay)
+            out = op.product(V, scale=1.0 / self.n, shift=diagonal)
             self.hvp_count += V.shape[0] * self.n
             return out[0] if squeeze else out
         lin = self.linearised_operator() if op is None else None
         if lin is not None:
             try:
-                out = lin.product(V) / self.n + self.weight_decay * V
+                out = lin.product(V).div_(self.n).add_(V, alpha=diagonal)
             except (RuntimeError, NotImplementedError) as exc:  # an operation without a second derivative
                 log.info("Hessian products through kept gradient graphs failed (%s); recomputing them", exc)
                 self._linearised = False
@@ -226,7 +228,7 @@ class TrainingObjective(CurvatureOperator):
                                        desc="Hessian-vector products"):
             size = batch_length(batch)
             out += self._batch_hvp_sum(V, batch, torch.arange(start, start + size))
-        out = out / self.n + self.weight_decay * V
+        out = out.div_(self.n).add_(V, alpha=diagonal)
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,8 @@ class CurvatureOperator:
         return self.loader
 
     # ------------------------------------------------------------------ products (subclasses: hvp, minibatch_hvp)
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def hvp(self, V: torch.Tensor, shift: float = 0.0) -> torch.Tensor:  # pragma: no cover - interface
+        """``C V + shift · V`` for ``V`` ``[m, p]`` (or ``[p]``)."""
         raise NotImplementedError
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -200,8 +201,8 @@ class FeatureSpace(CurvatureOperator):
                 parts.append(block[sel.to(block.device)])
         return torch.cat(parts)
 
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """``C V`` for ``V`` ``[m, p]`` (or ``[p]``)."""
+    def hvp(self, V: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+        """``C V + shift · V`` for ``V`` ``[m, p]`` (or ``[p]``)."""
         squeeze = V.ndim == 1
         V = V.reshape(-1, self.p).to(self.dtype)
         if self.curvature == "empirical_fisher":
@@ -209,10 +210,12 @@ class FeatureSpace(CurvatureOperator):
             for _, F in self.feature_blocks():
                 F = F.to(V.dtype)
                 out += (V @ F.T) @ F
-            out = out / self.n + self.weight_decay * V
+            out = out.div_(self.n).add_(V, alpha=self.weight_decay + shift)
         else:
             obj, M = self._mapped()
             out = obj.hvp(V @ M.T) @ M
+            if shift:
+                out.add_(V, alpha=shift)
         return out[0] if squeeze else out
 
     def minibatch_hvp(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

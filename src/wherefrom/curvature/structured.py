@@ -505,17 +505,21 @@ class StructuredCurvature:
         """Whether a product with ``m`` vectors should use the samples (always when kept; else when ``K ≤ m``)."""
         return self.cached or self.samples_per_example <= m
 
-    def product(self, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_i Σ_k s_ik s_ikᵀ V`` for ``V`` ``[m, p]`` (no ``1/n``, no weight decay).
+    def product(self, V: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        """``scale · Σ_i Σ_k s_ik s_ikᵀ V + shift · V`` for ``V`` ``[m, p]`` (by default no ``1/n``, no weight decay).
 
-        With the samples kept, products switch to the dense matrix ``C_data`` once that pays (:meth:`_use_dense`)."""
+        With the samples kept, products switch to the dense matrix ``C_data`` once that pays (:meth:`_use_dense`);
+        that product, its scale and its shift are then one fused ``addmm``."""
         self.vector_products += V.shape[0]
         if self._dense_data is None and self._use_dense():
             self._dense_data = self.dense()
             log.info("structured curvature: products use the dense %d×%d matrix from now on", *self._dense_data.shape)
-        if self._dense_data is not None:
-            return V @ self._dense_data.to(V.dtype)  # symmetric: (C Vᵀ)ᵀ = V C
-        return product_over(self.batches(), V)
+        if self._dense_data is not None:  # symmetric: (C Vᵀ)ᵀ = V C
+            return torch.addmm(V, V, self._dense_data.to(V.dtype), beta=shift, alpha=scale)
+        out = product_over(self.batches(), V)
+        if scale != 1.0:
+            out.mul_(scale)
+        return out.add_(V, alpha=shift) if shift else out
 
     def subset_product(self, V: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
         """``Σ_{i∈indices} Σ_k s_ik s_ikᵀ V`` (no ``1/|S|``, no weight decay) from the kept samples: a mini-batch
