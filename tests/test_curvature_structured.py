@@ -232,3 +232,22 @@ def test_cg_warm_start_and_preconditioning_reach_the_same_solution_with_fewer_it
     torch.testing.assert_close(kfac.solve(V), ref, rtol=1e-7, atol=1e-9)
     with pytest.raises(WherefromError, match="x0"):
         cold.solve(V, x0=torch.zeros(1, fast.p, dtype=torch.float64))
+
+
+def _welsch(outputs, batch):
+    """A robust regression loss that is not convex in the outputs (its output Hessian is indefinite far away)."""
+    return (1 - torch.exp(-(outputs - batch[1]).pow(2))).sum(-1)
+
+
+def test_hessian_of_an_affine_model_with_a_nonconvex_loss_is_not_its_clipped_gauss_newton_matrix():
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, 2, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    task = wf.Task(nn.Linear(5, 2).double(), loss_fn=_welsch, weight_decay=0.0)
+    obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=5), task.state(), curvature="hessian")
+    state = task.state()
+    ref = torch.func.hessian(lambda t: task.per_example(_welsch, t, state, (X, y)).sum())(task.flat_params(state)) / 12
+    assert float(torch.linalg.eigvalsh(ref)[0]) < -0.1  # the case: an indefinite Hessian
+    torch.testing.assert_close(obj.dense(), ref, **TOL)
+    V = torch.randn(3, obj.p, dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(V), V @ ref, **TOL)

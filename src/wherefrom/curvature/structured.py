@@ -559,9 +559,10 @@ class StructuredCurvature:
 
 
 def affine_output_reason(objective: Any) -> str | None:
-    """``None`` when the model's outputs are affine in the selected parameters (so that its Hessian is its
-    Gauss-Newton matrix): exactly one tracked Kronecker layer owns every selected parameter and that layer's output
-    tensor *is* the model output. Otherwise the reason."""
+    """``None`` when the model's outputs are affine in the selected parameters and the loss is convex in the outputs
+    (so that the Hessian is the Gauss-Newton matrix, whose samples clip negative output curvature): exactly one
+    tracked Kronecker layer owns every selected parameter, that layer's output tensor *is* the model output, and
+    every output Hessian ``Λ_i`` is positive semi-definite. Otherwise the reason."""
     layers = objective.source.layers
     if layers.fallback or len(layers.layers) != 1:
         return "the Hessian of a model with several selected layers has second-derivative terms"
@@ -584,4 +585,30 @@ def affine_output_reason(objective: Any) -> str | None:
         handle.remove()
     if len(seen) != 1 or seen[0] is not outputs:
         return f"the output of layer {layer.name!r} is not the model output (the model is not affine in it)"
+    return _indefinite_output_curvature(objective)
+
+
+def _indefinite_output_curvature(objective: Any) -> str | None:
+    """The reason when some output Hessian ``Λ_i`` of the loss has a negative eigenvalue (a loss not convex in the
+    outputs: the Hessian then differs from the clipped Gauss-Newton matrix); ``None`` when all are PSD. Softmax
+    cross-entropy and the squared error are convex; other losses are checked in one pass over the data."""
+    from wherefrom import targets
+    from wherefrom.batches import batch_loop
+    from wherefrom.curvature.gauss_newton import is_cross_entropy, output_hessians
+
+    task = objective.task
+    if is_cross_entropy(task.loss_fn) or task.loss_fn is targets.mean_squared_error:
+        return None
+    theta = task.flat_params(objective.state)
+    for _, batch in batch_loop(task, objective.require_data(), objective.state, check=False, progress=False):
+        with torch.no_grad():
+            outputs = task.outputs(theta, objective.state, batch)
+        try:
+            Lam = output_hessians(task.loss_fn, outputs, batch)
+        except WherefromError as exc:  # e.g. outputs that are not [B, C]
+            return str(exc)
+        evals = torch.linalg.eigvalsh(Lam.to(torch.float64))
+        if evals.numel() and float(evals.min()) < -1e-10 * max(float(evals.abs().max()), 1e-300):
+            return (f"the loss is not convex in the model outputs (an output Hessian has the eigenvalue "
+                    f"{float(evals.min()):.3g}), so the Hessian has terms the Gauss-Newton samples do not describe")
     return None
