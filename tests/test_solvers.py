@@ -147,3 +147,22 @@ def test_lissa_warns_with_the_residual_and_depth_needed_when_not_converged(probl
         enough = LissaSolver(damping=damping, hvp_batch_size=obj.n, depth=needed).fit(obj)
         enough.solve(V)
     assert float(enough.residuals_.max()) <= 0.1
+
+
+def test_cg_solves_rows_stored_in_a_lower_precision_than_the_model():
+    """Stored training features may be float32 (``Execution(dtype=...)``) for a float64 model: CG solves them in the
+    wider dtype and returns their own."""
+    torch.manual_seed(0)
+    X, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    task = wf.Task(nn.Linear(4, 3).double(), weight_decay=0.1)
+    obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=8), task.state())
+    V = torch.randn(3, obj.p, dtype=torch.float64)
+    exact = torch.linalg.solve(obj.dense() + 0.01 * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    got = CGSolver(damping=0.01, tol=1e-10).fit(obj).solve(V.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6)
+    cosine = wf.InfluenceFunction(task, solver="cg", damping=0.01, similarity="cosine", tol=1e-10,
+                                  execution=wf.Execution(dtype=torch.float32)).fit((X, y))
+    ref = wf.InfluenceFunction(task, solver="explicit", damping=0.01, similarity="cosine",
+                               execution=wf.Execution(dtype=torch.float32)).fit((X, y))
+    torch.testing.assert_close(cosine.score((X[:3], y[:3])), ref.score((X[:3], y[:3])), rtol=1e-4, atol=1e-6)

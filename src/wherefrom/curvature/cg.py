@@ -95,7 +95,7 @@ class CGSolver(Preconditioner):
 
     def _apply(self, X: torch.Tensor) -> torch.Tensor:
         """``(C + λI) X``: the damping is added in the product's own pass."""
-        return self._require_fit().hvp(X, shift=self.effective_damping)
+        return self._require_fit().hvp(X, shift=self.effective_damping).to(X.dtype)
 
     def _minv(self, R: torch.Tensor) -> torch.Tensor:
         return R if self._precond is None else self._precond.solve(R).to(R.dtype)
@@ -105,8 +105,12 @@ class CGSolver(Preconditioner):
 
         The iterations work on contiguous tensors of the unconverged columns only: when columns converge, their
         solutions are written out and the working set is compacted once, so an iteration is one product plus a
-        handful of in-place passes over the working set (no gathered copies per iteration)."""
-        self._require_fit()
+        handful of in-place passes over the working set (no gathered copies per iteration). The iterations run in
+        the wider of ``V``'s and the curvature's dtypes (rows stored in a lower precision than the model); the
+        solution comes back in ``V``'s dtype."""
+        obj = self._require_fit()
+        out_dtype = V.dtype
+        V = V.to(torch.promote_types(V.dtype, getattr(obj, "dtype", V.dtype)))
         tiny = torch.finfo(V.dtype).tiny
         v_norm = V.norm(dim=1).clamp_min(tiny)
         if x0 is None and self.warm_start and self._last is not None:
@@ -168,7 +172,7 @@ class CGSolver(Preconditioner):
             self._last = (V.detach().clone(), X.detach().clone())
         log.info("CG finished after %d iterations (%d vector products); max relative residual %.3g", it,
                  self.products_, float(res.max()))
-        return X
+        return X.to(out_dtype)
 
     def _negative_curvature(self, dAd: torch.Tensor, D: torch.Tensor, it: int) -> None:
         worst = float((dAd / (D * D).sum(1)).min())
