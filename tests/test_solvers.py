@@ -166,3 +166,17 @@ def test_cg_solves_rows_stored_in_a_lower_precision_than_the_model():
     ref = wf.InfluenceFunction(task, solver="explicit", damping=0.01, similarity="cosine",
                                execution=wf.Execution(dtype=torch.float32)).fit((X, y))
     torch.testing.assert_close(cosine.score((X[:3], y[:3])), ref.score((X[:3], y[:3])), rtol=1e-4, atol=1e-6)
+
+
+def test_cg_zero_right_hand_side_from_a_nonzero_start_is_solved_at_once(problem):
+    obj, V = problem
+    V = V.clone()
+    V[1] = 0.0
+    x0 = torch.randn_like(V)
+    exact = torch.linalg.solve(obj.A, V.T).T
+    cg = CGSolver(tol=1e-10, max_iter=100).fit(obj)
+    X = cg.solve(V, x0=x0)
+    torch.testing.assert_close(X, exact, rtol=1e-7, atol=1e-9)
+    assert torch.equal(X[1], torch.zeros(obj.p, dtype=V.dtype))  # the exact solution of a zero column
+    assert float(cg.residuals_[1]) == 0.0 and int(cg.column_iterations_[1]) == 0 and cg.iterations_ < 100
+

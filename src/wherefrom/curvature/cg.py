@@ -112,7 +112,8 @@ class CGSolver(Preconditioner):
         out_dtype = V.dtype
         V = V.to(torch.promote_types(V.dtype, getattr(obj, "dtype", V.dtype)))
         tiny = torch.finfo(V.dtype).tiny
-        v_norm = V.norm(dim=1).clamp_min(tiny)
+        v_raw = V.norm(dim=1)
+        v_norm = v_raw.clamp_min(tiny)
         if x0 is None and self.warm_start and self._last is not None:
             last_v, last_x = self._last
             if last_v.shape == V.shape and torch.equal(last_v, V):
@@ -121,6 +122,7 @@ class CGSolver(Preconditioner):
             if x0.shape != V.shape:
                 raise WherefromError(f"CG's start x0 has shape {tuple(x0.shape)}; it must match V, {tuple(V.shape)}.")
             X = x0.to(V.dtype).clone()
+            X[v_raw == 0] = 0.0  # a zero right-hand side has the zero solution, whatever the start
             R = V - self._apply(X)
             self.products_ = V.shape[0]
         else:
