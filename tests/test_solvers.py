@@ -180,3 +180,9 @@ def test_cg_zero_right_hand_side_from_a_nonzero_start_is_solved_at_once(problem)
     assert torch.equal(X[1], torch.zeros(obj.p, dtype=V.dtype))  # the exact solution of a zero column
     assert float(cg.residuals_[1]) == 0.0 and int(cg.column_iterations_[1]) == 0 and cg.iterations_ < 100
 
+
+@pytest.mark.parametrize("options", [{"rank": "many"}, ["rank", 3], {"rank": 2.5j}])
+def test_cg_rejects_nonsense_preconditioner_options_clearly(problem, options):
+    obj, _V = problem
+    with pytest.raises(wf.WherefromError, match=r"nystrom|preconditioner_options"):
+        CGSolver(preconditioner="nystrom", preconditioner_options=options).fit(obj)

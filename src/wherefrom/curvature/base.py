@@ -178,7 +178,7 @@ def make_solver(name: str | Preconditioner, damping: Any = 0.0, **options: Any) 
         return SOLVERS[name](damping=damping, **options)
     except WherefromError:
         raise
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an unknown option, or a value of the wrong kind (int("many"))
         raise WherefromError(f"Bad options for the {name!r} solver: {exc}") from exc
 
 

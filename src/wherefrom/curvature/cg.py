@@ -13,6 +13,7 @@ A good ``M ≈ C + λI`` cuts the iterations; the answer is still the exact solv
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -66,6 +67,10 @@ class CGSolver(Preconditioner):
         if preconditioner_options and (preconditioner is None or isinstance(preconditioner, Preconditioner)):
             raise WherefromError("preconditioner_options apply to a preconditioner given by name (e.g. "
                                  "preconditioner='nystrom'); an instance carries its own options.")
+        options = preconditioner_options
+        if options is not None and not (isinstance(options, Mapping) and all(isinstance(k, str) for k in options)):
+            raise WherefromError("preconditioner_options must be a dict of the named preconditioner's options, e.g. "
+                                 f"{{'rank': 400}}; got {preconditioner_options!r}.")
         self.preconditioner = preconditioner
         self.preconditioner_options = dict(preconditioner_options or {})
         self.warm_start = bool(warm_start)
