@@ -251,3 +251,34 @@ def test_hessian_of_an_affine_model_with_a_nonconvex_loss_is_not_its_clipped_gau
     torch.testing.assert_close(obj.dense(), ref, **TOL)
     V = torch.randn(3, obj.p, dtype=torch.float64)
     torch.testing.assert_close(obj.hvp(V), V @ ref, **TOL)
+
+
+class TiedNet(nn.Module):
+    """An embedding whose weight is also the bias-free output head (tied): the head's share of the tied layer's
+    samples has the output gradient in the role of the input, so it differs from probe to probe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 3)
+        self.head = nn.Linear(3, 5, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(x.long()[:, 0])))
+
+
+@pytest.mark.parametrize("prefer", [None, "factored"])
+def test_structured_ggn_of_tied_weights_equals_the_jacobian_reference(prefer):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randint(0, 5, (13, 1), generator=g).double(), torch.randint(0, 5, (13,), generator=g)
+    task = wf.Task(TiedNet().double(), weight_decay=0.1)
+    fast = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=5), task.state(), curvature="ggn")
+    fast._structured = StructuredCurvature.for_objective(fast, prefer=prefer)
+    assert fast._structured is not None
+    ref = dense_ggn(task, X, y)
+    torch.testing.assert_close(fast.dense(), ref, **TOL)
+    V = torch.randn(3, fast.p, dtype=torch.float64)
+    torch.testing.assert_close(fast.hvp(V), V @ ref, **TOL)
+    idx = torch.tensor([4, 0, 7])
+    torch.testing.assert_close(fast.minibatch_hvp(V, idx), V @ dense_ggn(task, X[idx], y[idx]), **TOL)

@@ -160,15 +160,23 @@ def factor_batch(samples: list[Any], layout: list[Any], dtype: torch.dtype, pref
 
     A Kronecker block keeps ``(a, δ)`` when that is cheaper per product than explicit rows (``T·cols + K·T`` versus
     ``K·cols`` multiplications per output unit), else its rows ``Σ_t δ_t ãᵀ_t`` are formed once; ``prefer``
-    (``"factored"`` or ``"rows"``) forces one form.
+    (``"factored"`` or ``"rows"``) forces one form. A block whose inputs ``ã`` differ between the probes (a tied
+    weight: a member stored the other way round has output gradients in the role of inputs) is always kept as
+    rows, each probe with its own ``ã``.
     """
     out = FactoredBatch()
     K = len(samples)
     for block in layout:
         if block.spec is not None:
-            a = samples[0].kronecker[block.name][0].to(dtype)
-            delta = torch.stack([s.kronecker[block.name][1] for s in samples], dim=1).to(dtype)  # [B, K, T, o]
+            pairs = [s.kronecker[block.name] for s in samples]
+            a = pairs[0][0].to(dtype)
+            delta = torch.stack([d for _a, d in pairs], dim=1).to(dtype)  # [B, K, T, o]
             T, cols = a.shape[1], a.shape[2]
+            shared = all(ak is pairs[0][0] or torch.equal(ak, pairs[0][0]) for ak, _d in pairs[1:])
+            if not shared:
+                G = torch.stack([torch.einsum("bto,btc->boc", d.to(dtype), ak.to(dtype)) for ak, d in pairs], dim=1)
+                out.rows.append(RowsPart(block.spec.indices().to(a.device), flat_matrix(block.spec, G)))
+                continue
             factored = T * cols + K * T <= K * cols if prefer is None else prefer == "factored"
             if factored:
                 out.kronecker.append(KroneckerPart(block.spec, a, delta))
