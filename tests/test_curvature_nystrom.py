@@ -84,3 +84,17 @@ def test_nystrom_by_name_through_influence_function_and_bad_input():
     if float(torch.linalg.eigvalsh(hessian.dense()).min()) < -1e-6:
         with pytest.raises(wf.WherefromError, match="positive semi-definite"):
             NystromSolver(rank=hessian.p).fit(hessian)
+
+
+def test_nystrom_relative_damping_means_what_it_means_for_every_other_solver():
+    """``relative(f)`` is ``f · tr(C_data)/p`` (without the weight decay), whatever the sketch size."""
+    obj, X, y = _objective(wd=0.3)
+    data = dense_ggn(obj.task, X, y) - 0.3 * torch.eye(obj.p, dtype=torch.float64)
+    lam = 0.5 * float(torch.trace(data)) / obj.p
+    V = torch.randn(3, obj.p, dtype=torch.float64)
+    ref = torch.linalg.solve(data + (0.3 + lam) * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    full = NystromSolver(damping=wf.curvature.relative(0.5), rank=obj.p).fit(obj)
+    assert full.effective_damping == pytest.approx(lam, rel=1e-10)
+    torch.testing.assert_close(full.solve(V), ref, rtol=1e-7, atol=1e-7)
+    low = NystromSolver(damping=wf.curvature.relative(0.5), rank=5).fit(obj)
+    assert low.effective_damping == pytest.approx(lam, rel=1e-10)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from wherefrom.curvature.base import Preconditioner, register_solver
+from wherefrom.curvature.damping import is_relative
 from wherefrom.errors import WherefromError
 
 
@@ -71,7 +72,12 @@ class NystromSolver(Preconditioner):
         U, sigma, _ = torch.linalg.svd(B, full_matrices=False)
         self.eigenvalues_ = (sigma.square() - shift).clamp_min(0.0)
         self.eigenvectors_ = U
-        self.mean_eigenvalue_ = float(self.eigenvalues_.sum()) / p
+        # relative damping: tr(C_data)/p, the data term without wd·I as for every solver; the sketch holds the whole
+        # trace only at full rank (else the objective's estimate, taken when a relative damping needs it)
+        if rank == p:
+            self.mean_eigenvalue_ = float(self.eigenvalues_.sum()) / p - float(getattr(objective, "weight_decay", 0.0))
+        elif is_relative(self.damping):
+            self.mean_eigenvalue_ = objective.trace_estimate() / p
         return self
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
