@@ -16,6 +16,7 @@ from wherefrom.curvature import (
     check_conditioning,
     extreme_eigenvalues,
 )
+from wherefrom.curvature.arnoldi import ritz_pairs
 
 
 def _objective(curvature="ggn", wd=0.0, batch_size=24):
@@ -154,3 +155,15 @@ def test_partial_block_krylov_space_gives_the_galerkin_inverse_of_all_its_ritz_p
     exact = torch.linalg.solve(G + 1e-3 * torch.eye(obj.p, dtype=torch.float64), v.T).T
     half = ArnoldiSolver(damping=1e-3, rank=6, iterations=12, block_size=5).fit(obj)
     assert (arn.solve(v) - exact).norm() < (half.solve(v) - exact).norm()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_arnoldi_follows_the_device_of_the_data(block_size):
+    dev = torch.device("cuda")
+    A = torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    A = (A @ A.T + torch.eye(12, dtype=torch.float64)).to(dev)
+    matvec = (lambda v: A @ v) if block_size == 1 else (lambda V: V @ A)
+    evals, U = ritz_pairs(matvec, 12, 12, block_size=block_size, device=dev)
+    assert U.device.type == "cuda" and evals.device.type == "cuda"
+    torch.testing.assert_close(evals.cpu(), torch.linalg.eigvalsh(A.cpu()), rtol=1e-8, atol=1e-8)

@@ -152,7 +152,8 @@ def block_arnoldi_iteration(
 
 def ritz_pairs(matvec: MatVec, p: int, iterations: int, block_size: int = 1,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ritz values (``[K]``, ascending, float64) and Ritz vectors (``[K, p]``, rows) of a symmetric operator.
+    """Ritz values (``[K]``, ascending, float64) and Ritz vectors (``[K, p]``, rows) of a symmetric operator, both on
+    the device of the basis.
 
     ``block_size = 1``: ``matvec`` takes one vector ``[p]`` (:func:`arnoldi_iteration`); otherwise it takes a block
     of rows ``[b, p]`` (:func:`block_arnoldi_iteration`).
@@ -161,9 +162,9 @@ def ritz_pairs(matvec: MatVec, p: int, iterations: int, block_size: int = 1,
         W, T = arnoldi_iteration(matvec, p, iterations, **kwargs)
     else:
         W, T = block_arnoldi_iteration(matvec, p, iterations, block_size, **kwargs)
-    evals, evecs = torch.linalg.eigh(T)
-    U = evecs.T.to(W.dtype) @ W
-    return evals, U
+    evals, evecs = torch.linalg.eigh(T)  # T: on the CPU (single vector) or the basis's device (block)
+    U = evecs.T.to(device=W.device, dtype=W.dtype) @ W
+    return evals.to(W.device), U
 
 
 @register_solver("arnoldi")
