@@ -186,3 +186,11 @@ def test_cg_rejects_nonsense_preconditioner_options_clearly(problem, options):
     obj, _V = problem
     with pytest.raises(wf.WherefromError, match=r"nystrom|preconditioner_options"):
         CGSolver(preconditioner="nystrom", preconditioner_options=options).fit(obj)
+
+
+@pytest.mark.parametrize("options", [{"depth": 0}, {"repeats": 0}, {"hvp_batch_size": 0}, {"scale": 0.0},
+                                     {"scale": -1.0}, {"depth": 2.5}, {"scale_margin": 0.0}])
+def test_lissa_rejects_nonsense_settings_clearly(problem, options):
+    """No silent NaN (repeats=0), no bare traceback (depth=0, scale=0), no misleading 'diverged' (batch size 0)."""
+    with pytest.raises(wf.WherefromError, match=next(iter(options))):
+        LissaSolver(damping=0.1, **options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -67,7 +68,15 @@ class LissaSolver(Preconditioner):
             raise WherefromError(f"average must be in [0, 1) (the fraction of the final LiSSA iterations averaged), "
                                  f"got {average!r}.")
         self.average = float(average)
-        self.depth, self.repeats, self.hvp_batch_size = depth, repeats, hvp_batch_size
+        for name, value in (("depth", depth), ("repeats", repeats), ("hvp_batch_size", hvp_batch_size)):
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise WherefromError(f"LiSSA's {name} must be a whole number >= 1, got {value!r}.")
+        if scale is not None and not float(scale) > 0:
+            raise WherefromError(f"LiSSA's scale must be > 0 (above the largest eigenvalue of H + λI), or None to "
+                                 f"estimate it; got {scale!r}.")
+        if not float(scale_margin) > 0:
+            raise WherefromError(f"LiSSA's scale_margin must be > 0 (usually > 1), got {scale_margin!r}.")
+        self.depth, self.repeats, self.hvp_batch_size = int(depth), int(repeats), int(hvp_batch_size)
         self.scale, self.scale_margin, self.seed, self.progress = scale, scale_margin, seed, progress
         self.scale_: float | None = None
         self.update_norms_: list[float] = []
