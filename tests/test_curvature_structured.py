@@ -282,3 +282,23 @@ def test_structured_ggn_of_tied_weights_equals_the_jacobian_reference(prefer):
     torch.testing.assert_close(fast.hvp(V), V @ ref, **TOL)
     idx = torch.tensor([4, 0, 7])
     torch.testing.assert_close(fast.minibatch_hvp(V, idx), V @ dense_ggn(task, X[idx], y[idx]), **TOL)
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "empirical_fisher"])
+def test_a_single_selected_layer_stored_transposed_multiplies_like_the_reference(curvature):
+    """One one-position layer stored ``[d_in, d_out]`` (an embedding) is the only block: the single-layer product."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    X, y = torch.randint(0, 7, (11, 1), generator=g).double(), torch.randint(0, 3, (11,), generator=g)
+    task = wf.Task(OneTokenNet().double(), weight_decay=0.1, params="emb")
+    loader = wf.data.as_loader((X, y), batch_size=4)
+    fast = TrainingObjective(task, loader, task.state(), curvature=curvature)
+    slow = TrainingObjective(task, loader, task.state(), curvature=curvature, structured=False)
+    ref = slow.dense()
+    if curvature == "ggn":
+        torch.testing.assert_close(ref, dense_ggn(task, X, y), **TOL)
+    V = torch.randn(3, fast.p, dtype=torch.float64)
+    torch.testing.assert_close(fast.hvp(V), V @ ref, **TOL)
+    torch.testing.assert_close(fast.dense(), ref, **TOL)
+    idx = torch.tensor([1, 5, 2])
+    torch.testing.assert_close(fast.minibatch_hvp(V, idx), slow.minibatch_hvp(V, idx), **TOL)

@@ -190,6 +190,12 @@ def factor_batch(samples: list[Any], layout: list[Any], dtype: torch.dtype, pref
 
 
 # ---------------------------------------------------------------------------------------------- products
+def _zeros(like: torch.Tensor) -> torch.Tensor:
+    """A contiguous zero tensor of ``like``'s shape (``zeros_like`` keeps the strides of a transposed layer matrix,
+    which :func:`single_layer_product` cannot view as ``[m·d_out, cols]``)."""
+    return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+
+
 def single_layer_product(part: KroneckerPart, Vl: torch.Tensor, acc: torch.Tensor) -> None:
     """Add ``Σ_b (M_b (V_l ã_b)) ã_bᵀ`` to ``acc`` ``[m, d_out, cols]`` for a one-position layer that is the only block.
 
@@ -225,7 +231,7 @@ def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tens
         name = part.spec.name
         if name not in mats:
             mats[name] = part.spec.to_matrix(V)
-            mats[name + "/out"] = torch.zeros_like(mats[name])
+            mats[name + "/out"] = _zeros(mats[name])
         single_layer_product(part, mats[name], mats[name + "/out"])
         return
     u = None  # [m, B, K]: s_ikᵀ v_m
@@ -233,7 +239,7 @@ def batch_product(fb: FactoredBatch, V: torch.Tensor, mats: dict[str, torch.Tens
         name = part.spec.name
         if name not in mats:
             mats[name] = part.spec.to_matrix(V)
-            mats[name + "/out"] = torch.zeros_like(mats[name])
+            mats[name + "/out"] = _zeros(mats[name])
         Vl = mats[name]
         m, o, c = Vl.shape
         B, _k, T, _ = part.delta.shape
