@@ -194,3 +194,10 @@ def test_lissa_rejects_nonsense_settings_clearly(problem, options):
     """No silent NaN (repeats=0), no bare traceback (depth=0, scale=0), no misleading 'diverged' (batch size 0)."""
     with pytest.raises(wf.WherefromError, match=next(iter(options))):
         LissaSolver(damping=0.1, **options)
+
+
+def test_cg_and_lissa_solve_no_right_hand_sides(problem):
+    obj, _V = problem
+    V = torch.zeros(0, obj.p, dtype=torch.float64)
+    for solver in (CGSolver(), LissaSolver(damping=0.1, depth=5)):
+        assert solver.fit(obj).solve(V).shape == (0, obj.p)

@@ -178,7 +178,7 @@ class CGSolver(Preconditioner):
         if self.warm_start:
             self._last = (V.detach().clone(), X.detach().clone())
         log.info("CG finished after %d iterations (%d vector products); max relative residual %.3g", it,
-                 self.products_, float(res.max()))
+                 self.products_, float(res.max()) if res.numel() else 0.0)
         return X.to(out_dtype)
 
     def _negative_curvature(self, dAd: torch.Tensor, D: torch.Tensor, it: int) -> None:

@@ -128,8 +128,9 @@ class LissaSolver(Preconditioner):
         if self.check_residuals:
             R = V - (obj.hvp(X) + lam * X)
             self.residuals_ = R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)
-            log.info("LiSSA finished; max relative residual %.3g", float(self.residuals_.max()))
-            self._warn_if_not_converged(float(self.residuals_.max()))
+            worst = float(self.residuals_.max()) if self.residuals_.numel() else 0.0
+            log.info("LiSSA finished; max relative residual %.3g", worst)
+            self._warn_if_not_converged(worst)
         return X
 
     def depth_needed(self, residual: float) -> int | None:
