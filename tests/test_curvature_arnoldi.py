@@ -167,3 +167,11 @@ def test_arnoldi_follows_the_device_of_the_data(block_size):
     evals, U = ritz_pairs(matvec, 12, 12, block_size=block_size, device=dev)
     assert U.device.type == "cuda" and evals.device.type == "cuda"
     torch.testing.assert_close(evals.cpu(), torch.linalg.eigvalsh(A.cpu()), rtol=1e-8, atol=1e-8)
+
+
+def test_arnoldi_rank_above_the_dimension_says_so():
+    obj, _X, _y = _objective()
+    with pytest.raises(wf.WherefromError, match=rf"rank \(100\) exceeds .* p = {obj.p}"):
+        ArnoldiSolver(damping=1e-3, rank=100).fit(obj)
+    with pytest.raises(wf.WherefromError, match=r"rank \(8\) exceeds .*K = 5"):
+        ArnoldiSolver(damping=1e-3, rank=8, iterations=5).fit(obj)

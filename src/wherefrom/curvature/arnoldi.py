@@ -223,7 +223,9 @@ class ArnoldiSolver(Preconditioner):
         K = self.krylov_dimension(p)
         rank = min(K, p) if self.rank is None else self.rank
         if rank > K:
-            raise WherefromError(f"iterations ({K}) must be >= rank ({rank}).")
+            raise WherefromError(f"Arnoldi's rank ({rank}) exceeds its Krylov dimension K = {K} (iterations, at most "
+                                 f"the number of parameters p = {p}): pass rank <= {min(K, p)}, or rank=None for "
+                                 "every Ritz pair.")
         if min(p, 2 * rank) > K and rank < min(K, p):
             log.warning("Arnoldi with iterations=%d and rank=%d: the smaller kept Ritz pairs are poorly "
                         "converged; use iterations >= 2·rank, or rank=None to keep every Ritz pair.", K, rank)
