@@ -236,3 +236,9 @@ def test_diagonal_fallback_with_exact_gauss_newton_samples():
     k = task.param_slices()["scale"].start
     assert float(solver.diagonal_["scale"]["values"][0]) == pytest.approx(float(dense_ggn(task, X, y)[k, k]),
                                                                           rel=1e-10)
+
+
+@pytest.mark.parametrize("options", [{"chunk": 0}, {"chunk": 2.5}, {"sample_cache_gb": -1.0}])
+def test_nonsense_kfac_settings_are_named(options):
+    with pytest.raises(wf.WherefromError, match=next(iter(options))):
+        EKFACSolver(damping=0.1, **options)

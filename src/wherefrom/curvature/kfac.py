@@ -26,6 +26,7 @@ approximation is block-diagonal). ``damping`` ``λ_l`` is per block: a number, o
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from typing import Any
 
@@ -97,7 +98,12 @@ class KFACSolver(Preconditioner):
     def __init__(self, damping: Any = 0.0, curvature: str | None = None, chunk: int = 64,
                  progress: bool | None = None, sample_cache_gb: float = 1.0) -> None:
         super().__init__(damping, curvature)
-        self.chunk = chunk
+        if not isinstance(chunk, numbers.Integral) or chunk < 1:
+            raise WherefromError(f"{type(self).__name__}'s chunk must be a whole number >= 1, got {chunk!r}.")
+        if not float(sample_cache_gb) >= 0:
+            raise WherefromError(f"{type(self).__name__}'s sample_cache_gb must be >= 0 (0: always recompute the "
+                                 f"samples), got {sample_cache_gb!r}.")
+        self.chunk = int(chunk)
         self.sample_cache_gb = float(sample_cache_gb)
         self.progress = progress
         self.specs_: list[LayerSpec] = []
