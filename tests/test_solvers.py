@@ -201,3 +201,12 @@ def test_cg_and_lissa_solve_no_right_hand_sides(problem):
     V = torch.zeros(0, obj.p, dtype=torch.float64)
     for solver in (CGSolver(), LissaSolver(damping=0.1, depth=5)):
         assert solver.fit(obj).solve(V).shape == (0, obj.p)
+
+
+def test_cg_stops_with_a_clear_error_when_a_product_is_not_finite(problem):
+    """A curvature product with NaN (e.g. an overflow) must not run to max_iter and return NaN silently."""
+    obj, V = problem
+    obj.A = obj.A.clone()
+    obj.A[3, 3] = float("nan")
+    with pytest.raises(wf.NonFiniteGradientError, match="not finite"):
+        CGSolver(damping=0.1, max_iter=50).fit(obj).solve(V)

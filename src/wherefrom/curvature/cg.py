@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from wherefrom.curvature.base import Preconditioner, make_solver, register_solver
-from wherefrom.errors import NonPositiveDefiniteError, WherefromError
+from wherefrom.errors import NonFiniteGradientError, NonPositiveDefiniteError, WherefromError
 from wherefrom.progress import track
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,12 @@ class CGSolver(Preconditioner):
             AD = self._apply(Dw)
             self.products_ += cols.numel()
             dAd = torch.linalg.vecdot(Dw, AD)
-            if bool((dAd <= 0).any()):
+            if bool(((dAd <= 0) | ~dAd.isfinite()).any()):  # one check (one device sync) for both failures
+                if not bool(dAd.isfinite().all()):
+                    raise NonFiniteGradientError(
+                        f"CG: a curvature product is not finite (NaN or infinity) at iteration {it}; check the "
+                        "model's outputs and gradients for overflow (float32), or the preconditioner for a division "
+                        "by zero (give it damping > 0).")
                 self._negative_curvature(dAd, Dw, it)
             alpha = (rz / dAd).unsqueeze(1)
             Xw.addcmul_(alpha, Dw)
