@@ -210,3 +210,8 @@ def test_cg_stops_with_a_clear_error_when_a_product_is_not_finite(problem):
     obj.A[3, 3] = float("nan")
     with pytest.raises(wf.NonFiniteGradientError, match="not finite"):
         CGSolver(damping=0.1, max_iter=50).fit(obj).solve(V)
+
+
+def test_cg_refuses_cg_as_its_preconditioner_by_name_too():
+    with pytest.raises(wf.WherefromError, match="cannot be preconditioned by another CG"):
+        CGSolver(preconditioner="cg")

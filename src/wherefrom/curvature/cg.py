@@ -58,7 +58,7 @@ class CGSolver(Preconditioner):
         super().__init__(damping, curvature)
         if int(max_iter) < 1 or not tol >= 0:
             raise WherefromError(f"CG needs max_iter >= 1 and tol >= 0; got max_iter={max_iter}, tol={tol}.")
-        if isinstance(preconditioner, CGSolver):
+        if isinstance(preconditioner, CGSolver) or preconditioner == "cg":
             raise WherefromError("CG cannot be preconditioned by another CG solver (its solve is not a fixed linear "
                                  "map); use a factored preconditioner such as 'kfac', 'ekfac' or 'diagonal'.")
         self.max_iter = int(max_iter)
