@@ -251,6 +251,12 @@ def test_hessian_of_an_affine_model_with_a_nonconvex_loss_is_not_its_clipped_gau
     torch.testing.assert_close(obj.dense(), ref, **TOL)
     V = torch.randn(3, obj.p, dtype=torch.float64)
     torch.testing.assert_close(obj.hvp(V), V @ ref, **TOL)
+    # a convex loss written by hand keeps the structured path, also in float32 (Λ_i rounded there: tiny negatives)
+    X32, labels = X.float() * 3, torch.randint(0, 2, (12,), generator=g)
+    task32 = wf.Task(nn.Linear(5, 2), loss_fn=lambda o, b: nn.functional.cross_entropy(o, b[1], reduction="none"))
+    obj32 = TrainingObjective(task32, wf.data.as_loader((X32, labels), batch_size=5), task32.state(),
+                              curvature="hessian")
+    assert obj32.structured_operator() is not None
 
 
 class TiedNet(nn.Module):

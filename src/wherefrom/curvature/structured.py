@@ -622,7 +622,8 @@ def _indefinite_output_curvature(objective: Any) -> str | None:
         except WherefromError as exc:  # e.g. outputs that are not [B, C]
             return str(exc)
         evals = torch.linalg.eigvalsh(Lam.to(torch.float64))
-        if evals.numel() and float(evals.min()) < -1e-10 * max(float(evals.abs().max()), 1e-300):
+        rounding = max(1e-10, 64 * torch.finfo(Lam.dtype).eps)  # Λ of a convex loss, rounded in its own dtype
+        if evals.numel() and float(evals.min()) < -rounding * max(float(evals.abs().max()), 1e-300):
             return (f"the loss is not convex in the model outputs (an output Hessian has the eigenvalue "
                     f"{float(evals.min()):.3g}), so the Hessian has terms the Gauss-Newton samples do not describe")
     return None
