@@ -242,3 +242,29 @@ def test_diagonal_fallback_with_exact_gauss_newton_samples():
 def test_nonsense_kfac_settings_are_named(options):
     with pytest.raises(wf.WherefromError, match=next(iter(options))):
         EKFACSolver(damping=0.1, **options)
+
+
+def test_kfac_of_a_tied_weight_does_not_depend_on_the_square_root_of_the_output_hessians(monkeypatch):
+    """The GGN is Σ_k s_k s_kᵀ for any roots L_i L_iᵀ = Λ_i; a tied weight's transposed member has its inputs from
+    the output gradients (one per probe), so its input factor must use every probe, not the first."""
+    import wherefrom.curvature.samples as samples_module
+    from test_curvature_structured import TiedNet
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randint(0, 5, (13, 1), generator=g).double(), torch.randint(0, 5, (13,), generator=g)
+    task = wf.Task(TiedNet().double(), weight_decay=0.1)
+
+    def fit():
+        obj = TrainingObjective(task, wf.data.as_loader((X, y), batch_size=5), task.state(), curvature="ggn")
+        return KFACSolver(damping=0.1).fit(obj).dense()
+
+    plain = fit()
+    roots = samples_module.output_hessian_roots
+
+    def rotated(Lam):  # L Q with a random orthogonal Q: other roots of the same Λ_i
+        L = roots(Lam)
+        return L @ torch.linalg.qr(torch.randn(L.shape[2], L.shape[2], dtype=L.dtype, generator=g)).Q
+
+    monkeypatch.setattr(samples_module, "output_hessian_roots", rotated)
+    torch.testing.assert_close(fit(), plain, rtol=1e-10, atol=1e-12)

@@ -8,7 +8,8 @@ block's curvature is ``F_l = (1/n) Σ_i Σ_k vec(G_ik) vec(G_ik)ᵀ`` over the c
 :mod:`wherefrom.curvature.samples` (exact GGN by default; ``"fisher"``, ``"empirical_fisher"``).
 
 K-FAC approximates ``F_l ≈ S ⊗ A`` with ``A = (1/N) Σ_{i,t} ã_t ã_tᵀ`` (``N`` the real positions, ``nT`` without
-padding) and ``S = (1/n) Σ_{i,k,t} δ_t δ_tᵀ`` (exact for ``T = 1`` when ``δδᵀ`` and ``ããᵀ`` are uncorrelated, e.g.
+padding; averaged over the probes ``k`` where their inputs differ, as for a tied weight's transposed member)
+and ``S = (1/n) Σ_{i,k,t} δ_t δ_tᵀ`` (exact for ``T = 1`` when ``δδᵀ`` and ``ããᵀ`` are uncorrelated, e.g.
 one linear layer with a constant output Hessian). With eigendecompositions ``A = Q_A diag(σ_A) Q_Aᵀ``,
 ``S = Q_S diag(σ_S) Q_Sᵀ`` (columns are eigenvectors, computed in float64):
 
@@ -144,21 +145,26 @@ class KFACSolver(Preconditioner):
             [] if self.eigenvalue_correction and self.sample_cache_gb > 0 else None)
         cached_bytes = 0
         for samples in self._samples(space, "K-FAC covariances"):
+            probes = _share_inputs([sample.kronecker for sample in samples])
             if cache is not None:
-                cache.append(_share_inputs([sample.kronecker for sample in samples]))
+                cache.append(probes)
                 cached_bytes += _unique_bytes(cache[-1])
                 if cached_bytes > self.sample_cache_gb * 1e9:
                     log.info("EK-FAC: curvature samples exceed sample_cache_gb=%g; a second pass will recompute "
                              "them", self.sample_cache_gb)
                     cache = None
-            for k, sample in enumerate(samples):
-                for name, (a, d) in sample.kronecker.items():
+            # probes share their inputs, except a tied weight's transposed member (its inputs are output gradients,
+            # one per probe): then A averages over the probes
+            shared = {name: all(q[name][0] is a0 for q in probes) for name, (a0, _d) in probes[0].items()}
+            for k, (sample, probe) in enumerate(zip(samples, probes)):
+                for name, (a, d) in probe.items():
                     d = d.reshape(-1, d.shape[-1]).to(torch.float64)
                     S[name] += d.T @ d
-                    if k == 0:
+                    if k == 0 or not shared[name]:
                         a = a.reshape(-1, a.shape[-1]).to(torch.float64)
-                        A[name] += a.T @ a
-                        positions[name] += sample.positions.get(name, a.shape[0])  # padding not counted
+                        A[name] += (a.T @ a) if shared[name] else (a.T @ a) / len(probes)
+                    if k == 0:
+                        positions[name] += sample.positions.get(name, a.reshape(-1, a.shape[-1]).shape[0])
                 for name, rows in sample.dense.items():
                     diag[name] += rows.to(torch.float64).pow(2).sum(0)
         n = space.n
