@@ -98,3 +98,17 @@ def test_nystrom_relative_damping_means_what_it_means_for_every_other_solver():
     torch.testing.assert_close(full.solve(V), ref, rtol=1e-7, atol=1e-7)
     low = NystromSolver(damping=wf.curvature.relative(0.5), rank=5).fit(obj)
     assert low.effective_damping == pytest.approx(lam, rel=1e-10)
+
+
+def test_full_rank_nystrom_of_a_singular_curvature_in_float32_is_the_damped_inverse():
+    """The stabilising shift follows the precision of the products: float32 rounding of a singular C (the softmax
+    GGN without weight decay) is not mistaken for a curvature that is not positive semi-definite."""
+    obj64, X, y = _objective()
+    task = wf.Task(mlp(d_in=3, hidden=4).float(), weight_decay=0.0)
+    obj = TrainingObjective(task, wf.data.as_loader((X.float(), y), batch_size=10), task.state(), curvature="ggn")
+    G = dense_ggn(obj64.task, X, y)
+    assert float(torch.linalg.eigvalsh(G)[0]) < 1e-12  # singular
+    V = torch.randn(3, obj.p, dtype=torch.float64)
+    ref = torch.linalg.solve(G + 1e-2 * torch.eye(obj.p, dtype=torch.float64), V.T).T
+    ny = NystromSolver(damping=1e-2, rank=obj.p).fit(obj)
+    torch.testing.assert_close(ny.solve(V), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))

@@ -3,7 +3,7 @@
 From one batched product ``Y = C Ω`` with an orthonormalised Gaussian sketch ``Ω`` (``[p, ℓ]``), the Nyström
 approximation ``Ĉ = Y (Ωᵀ Y)⁻¹ Yᵀ = U diag(Λ) Uᵀ`` (``U`` ``[p, ℓ]`` orthonormal) captures the top of the spectrum of
 a positive semi-definite ``C`` (Halko, Martinsson & Tropp 2011; the numerically stable form with the shift
-``ν = √p·eps·‖Y‖``, Tropp et al. 2017). ``solve`` applies the inverse of
+``ν = √p·eps·‖Y‖``, ``eps`` of the products' dtype, Tropp et al. 2017). ``solve`` applies the inverse of
 ``M = U diag(Λ + λ) Uᵀ + (Λ_ℓ + λ)(I − U Uᵀ)``::
 
     M⁻¹ v = U (Λ + λ)⁻¹ Uᵀ v + (v − U Uᵀ v) / (Λ_ℓ + λ)
@@ -61,7 +61,8 @@ class NystromSolver(Preconditioner):
         sketch = torch.randn(p, rank, generator=generator, dtype=torch.float64)
         sketch = torch.linalg.qr(sketch).Q.to(objective.device)                      # Ω, [p, ℓ]
         Y = objective.hvp(sketch.T.to(objective.dtype)).to(torch.float64).T          # C Ω, [p, ℓ]
-        shift = p ** 0.5 * torch.finfo(torch.float64).eps * float(torch.linalg.norm(Y))
+        # ν from the precision the products were taken in (float32 rounding of a singular C is not indefiniteness)
+        shift = p ** 0.5 * torch.finfo(objective.dtype).eps * float(torch.linalg.norm(Y))
         Y.add_(sketch, alpha=shift)
         core = sketch.T @ Y
         chol, info = torch.linalg.cholesky_ex(0.5 * (core + core.T))
