@@ -47,7 +47,8 @@ class CGSolver(Preconditioner):
     After ``solve``: ``residuals_`` (final relative residual per column, ``[m]``), ``iterations_`` (iterations run),
     ``column_iterations_`` (iterations each column took, ``[m]``), ``residual_history_`` (``[iterations + 1, m]``
     relative residuals, the start included) and ``products_`` (vector products taken, the sum over iterations of
-    the active columns).
+    the active columns, plus ``m`` for the starting residual when starting from ``x0``). The residuals are CG's
+    recursively updated ones; in float32 the true residual can be an order of magnitude above them.
     """
 
     needs_space = True
