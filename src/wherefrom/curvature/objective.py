@@ -49,7 +49,8 @@ class TrainingObjective(CurvatureOperator):
         features: stored per-example training gradients (read by :meth:`feature_blocks` instead of recomputing).
         structured: ``"auto"`` (default): products and the dense matrix come from factored curvature samples taken
             once (:mod:`wherefrom.curvature.structured`) whenever the model and curvature allow it (every curvature
-            but the Hessian of a model that is not affine in its selected parameters); otherwise Hessian-vector
+            but the Hessian of a model that is not affine in its selected parameters or whose loss is not convex in
+            the outputs); otherwise Hessian-vector
             products through per-batch gradient graphs built once and kept (:mod:`wherefrom.curvature.linearised`),
             or recomputed for every product when they do not fit; ``True``: the same, but an error when the
             structure is missing; ``False``: always recomputed Hessian-vector products.
