@@ -5,7 +5,8 @@ Every curvature except the Hessian of a nonlinear model is a sum of outer produc
 example (``K ≤ C`` pseudo-gradients ``J_iᵀ l_ik`` for the Gauss-Newton matrix; one gradient for the true or
 empirical Fisher). For a model whose outputs are *affine* in the selected parameters (one Linear, Conv or Embedding
 layer whose output is the model's output, e.g. logistic regression or the last layer) the Hessian equals the
-Gauss-Newton matrix, so the same samples describe it exactly.
+Gauss-Newton matrix, so the same samples describe it exactly when the loss is convex in the outputs (the samples
+hold the positive part of the output curvature only; other losses keep Hessian-vector products).
 
 Per tracked Kronecker layer a sample is ``s_ik = Σ_t δ_ikt ãᵀ_it`` (``ã`` ``[T, cols]`` the layer input, shared by
 the ``K`` samples of one example, ``δ`` ``[K, T, d_out]``). The samples are taken **once** (one forward and ``K``
