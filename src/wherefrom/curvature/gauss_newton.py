@@ -149,3 +149,28 @@ def with_labels(batch: Any, labels: torch.Tensor) -> Any:
     items = list(batch)
     items[1] = labels.to(items[1].dtype)
     return type(batch)(items) if isinstance(batch, tuple) else items
+
+
+def nonconvex_output_reason(task: Any, loader: Any, state: Any) -> str | None:
+    """Why the loss is not convex in the outputs on ``loader`` (some ``Λ_i`` has a negative eigenvalue beyond the
+    rounding of its dtype), or ``None``. Softmax cross-entropy and the squared error are convex; other losses are
+    checked in one pass over the data. A Gauss-Newton matrix from roots of ``Λ_i`` keeps only the positive part, so
+    only for a convex loss does it equal the Hessian of a model affine in its parameters."""
+    from wherefrom.batches import batch_loop
+
+    if is_cross_entropy(task.loss_fn) or task.loss_fn is targets.mean_squared_error:
+        return None
+    theta = task.flat_params(state)
+    for _, batch in batch_loop(task, loader, state, check=False, progress=False):
+        with torch.no_grad():
+            outputs = task.outputs(theta, state, batch)
+        try:
+            Lam = output_hessians(task.loss_fn, outputs, batch)
+        except WherefromError as exc:  # e.g. outputs that are not [B, C]
+            return str(exc)
+        evals = torch.linalg.eigvalsh(Lam.to(torch.float64))
+        rounding = max(1e-10, 64 * torch.finfo(Lam.dtype).eps)  # Λ of a convex loss, rounded in its own dtype
+        if evals.numel() and float(evals.min()) < -rounding * max(float(evals.abs().max()), 1e-300):
+            return (f"the loss is not convex in the model outputs (an output Hessian has the eigenvalue "
+                    f"{float(evals.min()):.3g}), so the Hessian has terms the Gauss-Newton samples do not describe")
+    return None

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from wherefrom.curvature.gauss_newton import nonconvex_output_reason
 from wherefrom.errors import WherefromError
 from wherefrom.layers.base import LayerCaptureError, LayerSpec
 
@@ -600,31 +601,5 @@ def affine_output_reason(objective: Any) -> str | None:
         handle.remove()
     if len(seen) != 1 or seen[0] is not outputs:
         return f"the output of layer {layer.name!r} is not the model output (the model is not affine in it)"
-    return _indefinite_output_curvature(objective)
+    return nonconvex_output_reason(task, objective.require_data(), objective.state)
 
-
-def _indefinite_output_curvature(objective: Any) -> str | None:
-    """The reason when some output Hessian ``Λ_i`` of the loss has a negative eigenvalue (a loss not convex in the
-    outputs: the Hessian then differs from the clipped Gauss-Newton matrix); ``None`` when all are PSD. Softmax
-    cross-entropy and the squared error are convex; other losses are checked in one pass over the data."""
-    from wherefrom import targets
-    from wherefrom.batches import batch_loop
-    from wherefrom.curvature.gauss_newton import is_cross_entropy, output_hessians
-
-    task = objective.task
-    if is_cross_entropy(task.loss_fn) or task.loss_fn is targets.mean_squared_error:
-        return None
-    theta = task.flat_params(objective.state)
-    for _, batch in batch_loop(task, objective.require_data(), objective.state, check=False, progress=False):
-        with torch.no_grad():
-            outputs = task.outputs(theta, objective.state, batch)
-        try:
-            Lam = output_hessians(task.loss_fn, outputs, batch)
-        except WherefromError as exc:  # e.g. outputs that are not [B, C]
-            return str(exc)
-        evals = torch.linalg.eigvalsh(Lam.to(torch.float64))
-        rounding = max(1e-10, 64 * torch.finfo(Lam.dtype).eps)  # Λ of a convex loss, rounded in its own dtype
-        if evals.numel() and float(evals.min()) < -rounding * max(float(evals.abs().max()), 1e-300):
-            return (f"the loss is not convex in the model outputs (an output Hessian has the eigenvalue "
-                    f"{float(evals.min()):.3g}), so the Hessian has terms the Gauss-Newton samples do not describe")
-    return None
