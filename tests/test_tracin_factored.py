@@ -104,3 +104,21 @@ def test_factored_positions_and_save_load(tmp_path, monkeypatch):
                                                               (16, 10, 2, False), (2, 100, 100, True)])
 def test_cost_rule(T, cols, d_out, cheaper):
     assert factored_is_cheaper(T, cols, d_out) is cheaper
+
+
+def test_planning_does_not_build_one_hot_inputs_of_an_explicit_embedding(monkeypatch):
+    """An embedding over many positions stays explicit (scatter-added gradients); reading its shape for the plan
+    must not materialise its ``[B, T, vocabulary]`` one-hot inputs."""
+    from wherefrom.layers.embedding import IndexedIO
+
+    built = []
+    original = IndexedIO.a.fget
+    monkeypatch.setattr(IndexedIO, "a", property(lambda io: built.append(io.name) or original(io)))
+    torch.manual_seed(0)
+    model = Mixed().double()
+    X, y = _data(8, 1)
+    task = wf.Task(model, checkpoints=[model.state_dict()])
+    src = FactoredGradients().setup(task)
+    src.plan(task.state(), task.prepare_batch((X, y)), task.loss_fn)
+    assert "emb" in [f.name for f in src.factored_] and "seq" not in [f.name for f in src.factored_]
+    assert "seq" not in built

@@ -32,6 +32,7 @@ import torch
 from wherefrom.errors import WherefromError
 from wherefrom.gradients import Probe
 from wherefrom.layers.base import DenseIO, LayerCaptureError, LayerIO
+from wherefrom.layers.embedding import IndexedIO
 from wherefrom.sources.base import FeatureBlock, GradientSource, SampleBatch
 from wherefrom.sources.full import FullGradients
 from wherefrom.task import LossFn, Task
@@ -103,8 +104,9 @@ class FactoredGradients(GradientSource):
         except LayerCaptureError as exc:
             log.info("TracIn gradients stay explicit: %s", exc)
             return
-        shapes = {name: (io.a.shape[1], io.a.shape[2], io.delta.shape[2]) for name, io in captures.items()
-                  if isinstance(io, LayerIO)}
+        # (T, cols, d_out) from δ and the input width: an embedding captured as ids builds no one-hot inputs here
+        shapes = {name: (io.delta.shape[1], io.num_classes if isinstance(io, IndexedIO) else io.a.shape[2],
+                         io.delta.shape[2]) for name, io in captures.items() if isinstance(io, LayerIO)}
         self.set_plan([name for name, shape in shapes.items() if factored_is_cheaper(*shape)], shapes)
 
     def set_plan(self, names: list[str], shapes: Mapping[str, tuple[int, int, int]]) -> None:
