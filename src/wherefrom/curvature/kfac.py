@@ -35,6 +35,7 @@ import torch
 
 from wherefrom.curvature.base import Preconditioner, register_solver
 from wherefrom.curvature.damping import resolve_damping
+from wherefrom.curvature.samples import share_inputs
 from wherefrom.errors import WherefromError
 from wherefrom.layers.base import LayerSpec
 
@@ -45,21 +46,6 @@ def _sym_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     M = M.to(torch.float64)
     evals, evecs = torch.linalg.eigh((M + M.T) / 2)
     return evals.clamp_min(0.0), evecs.contiguous()  # row-major, as after saving and loading (same products)
-
-
-def _share_inputs(probes: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
-                  ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The samples of one batch with equal inputs ``ã`` of a block made the same tensor (the probes of one batch
-    capture the same layer inputs), so they are stored and rotated once."""
-    first: dict[str, torch.Tensor] = {}
-    out = []
-    for probe in probes:
-        shared = {}
-        for name, (a, d) in probe.items():
-            a0 = first.setdefault(name, a)
-            shared[name] = (a0 if a0 is a or (a0.shape == a.shape and torch.equal(a0, a)) else a, d)
-        out.append(shared)
-    return out
 
 
 def _unique_bytes(probes: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> int:
@@ -145,7 +131,7 @@ class KFACSolver(Preconditioner):
             [] if self.eigenvalue_correction and self.sample_cache_gb > 0 else None)
         cached_bytes = 0
         for samples in self._samples(space, "K-FAC covariances"):
-            probes = _share_inputs([sample.kronecker for sample in samples])
+            probes = share_inputs([sample.kronecker for sample in samples])
             if cache is not None:
                 cache.append(probes)
                 cached_bytes += _unique_bytes(cache[-1])
@@ -163,8 +149,8 @@ class KFACSolver(Preconditioner):
                     if k == 0 or not shared[name]:
                         a = a.reshape(-1, a.shape[-1]).to(torch.float64)
                         A[name] += (a.T @ a) if shared[name] else (a.T @ a) / len(probes)
-                    if k == 0:
-                        positions[name] += sample.positions.get(name, a.reshape(-1, a.shape[-1]).shape[0])
+                    if k == 0:  # `a` was flattened to [B·T, cols] just above
+                        positions[name] += sample.positions.get(name, a.shape[0])  # padding not counted
                 for name, rows in sample.dense.items():
                     diag[name] += rows.to(torch.float64).pow(2).sum(0)
         n = space.n
@@ -198,7 +184,7 @@ class KFACSolver(Preconditioner):
         lam = {s.name: torch.zeros(s.d_out, s.cols, dtype=torch.float64, device=space.device) for s in self.specs_}
         rot: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         batches = cache if cache is not None else (
-            _share_inputs([sample.kronecker for sample in samples])
+            share_inputs([sample.kronecker for sample in samples])
             for samples in self._samples(space, "EK-FAC eigenvalues"))
         for probes in batches:
             names = probes[0].keys() if probes else ()

@@ -74,3 +74,25 @@ def iter_samples(source: GradientSource, loader: DataLoader, state: Mapping[str,
         batch_labels = labels[start: start + size] if labels is not None else None
         yield [source.batch_sample(state, b, probe, c)
                for probe, b in curvature_probes(task, state, batch, curvature, batch_labels, fn)]
+
+
+def same_input(a0: torch.Tensor, a: torch.Tensor) -> bool:
+    """Whether two probes of one batch captured the same layer inputs ``ã`` (the same tensor, or equal ones). They
+    do for every probe of an ordinary layer; a tied weight's transposed member has output gradients in the role of
+    inputs, one per probe."""
+    return a0 is a or (a0.shape == a.shape and torch.equal(a0, a))
+
+
+def share_inputs(probes: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+                 ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The samples of one batch with equal inputs ``ã`` of a block made the same tensor (the probes of one batch
+    capture the same layer inputs), so they are stored and rotated once."""
+    first: dict[str, torch.Tensor] = {}
+    out = []
+    for probe in probes:
+        shared = {}
+        for name, (a, d) in probe.items():
+            a0 = first.setdefault(name, a)
+            shared[name] = (a0 if same_input(a0, a) else a, d)
+        out.append(shared)
+    return out

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from wherefrom.curvature.gauss_newton import nonconvex_output_reason
+from wherefrom.curvature.samples import same_input
 from wherefrom.errors import WherefromError
 from wherefrom.layers.base import LayerCaptureError, LayerSpec
 
@@ -174,7 +175,7 @@ def factor_batch(samples: list[Any], layout: list[Any], dtype: torch.dtype, pref
             a = pairs[0][0].to(dtype)
             delta = torch.stack([d for _a, d in pairs], dim=1).to(dtype)  # [B, K, T, o]
             T, cols = a.shape[1], a.shape[2]
-            shared = all(ak is pairs[0][0] or torch.equal(ak, pairs[0][0]) for ak, _d in pairs[1:])
+            shared = all(same_input(pairs[0][0], ak) for ak, _d in pairs[1:])
             if not shared:
                 G = torch.stack([torch.einsum("bto,btc->boc", d.to(dtype), ak.to(dtype)) for ak, d in pairs], dim=1)
                 out.rows.append(RowsPart(block.spec.indices().to(a.device), flat_matrix(block.spec, G)))
