@@ -13,6 +13,10 @@ For a model with outputs ``o_i = f(x_i; θ)`` (``[C]`` per example) and a per-ex
 
 The weight-decay term ``(wd/2)‖θ‖²`` of the objective adds ``wd·I`` to each of them.
 
+The Hessian equals the GGN when the model's outputs are affine in the selected parameters and the loss is convex in
+the outputs: :func:`affine_output_reason` checks both (with :func:`nonconvex_output_reason`) before the structured
+products (:mod:`wherefrom.curvature.structured`) stand in for Hessian-vector products.
+
 Factorising ``Λ_i = L_i L_iᵀ`` (``L_i = U_i diag(√e_i)`` from its eigendecomposition) turns the GGN into a sum
 of outer products of *pseudo-gradients* ``J_iᵀ l_ik`` (one per column ``k`` of ``L_i``): this is how the
 layer-wise solvers (K-FAC, EK-FAC) reach the exact GGN without sampling.
@@ -174,3 +178,33 @@ def nonconvex_output_reason(task: Any, loader: Any, state: Any) -> str | None:
             return (f"the loss is not convex in the model outputs (an output Hessian has the eigenvalue "
                     f"{float(evals.min()):.3g}), so the Hessian has terms the Gauss-Newton samples do not describe")
     return None
+
+
+def affine_output_reason(objective: Any) -> str | None:
+    """``None`` when the model's outputs are affine in the selected parameters and the loss is convex in the outputs
+    (so that the Hessian is the Gauss-Newton matrix, whose samples clip negative output curvature): exactly one
+    tracked Kronecker layer owns every selected parameter, that layer's output tensor *is* the model output, and
+    every output Hessian ``Λ_i`` is positive semi-definite. Otherwise the reason."""
+    layers = objective.source.layers
+    if layers.fallback or len(layers.layers) != 1:
+        return "the Hessian of a model with several selected layers has second-derivative terms"
+    (layer,) = layers.layers.values()
+    if not layer.kronecker:
+        return f"layer {layer.name!r} has no Kronecker structure"
+    from wherefrom.batches import batch_loop
+
+    task, state = objective.task, objective.state
+    seen: list[torch.Tensor] = []
+    handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        for _, batch in batch_loop(task, objective.require_data(), state, check=False, progress=False):
+            with torch.no_grad():
+                outputs = task.outputs(task.flat_params(state), state, batch)
+            break
+        else:
+            return "no training data"
+    finally:
+        handle.remove()
+    if len(seen) != 1 or seen[0] is not outputs:
+        return f"the output of layer {layer.name!r} is not the model output (the model is not affine in it)"
+    return nonconvex_output_reason(task, objective.require_data(), objective.state)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from wherefrom.curvature.gauss_newton import nonconvex_output_reason
+from wherefrom.curvature.gauss_newton import affine_output_reason
 from wherefrom.curvature.samples import same_input
 from wherefrom.errors import WherefromError
 from wherefrom.layers.base import LayerCaptureError, LayerSpec
@@ -573,34 +573,3 @@ class StructuredCurvature:
         for fb in group_batches(self.batches(), _GROUP_BYTES):
             batch_dense(fb, H)
         return H
-
-
-def affine_output_reason(objective: Any) -> str | None:
-    """``None`` when the model's outputs are affine in the selected parameters and the loss is convex in the outputs
-    (so that the Hessian is the Gauss-Newton matrix, whose samples clip negative output curvature): exactly one
-    tracked Kronecker layer owns every selected parameter, that layer's output tensor *is* the model output, and
-    every output Hessian ``Λ_i`` is positive semi-definite. Otherwise the reason."""
-    layers = objective.source.layers
-    if layers.fallback or len(layers.layers) != 1:
-        return "the Hessian of a model with several selected layers has second-derivative terms"
-    (layer,) = layers.layers.values()
-    if not layer.kronecker:
-        return f"layer {layer.name!r} has no Kronecker structure"
-    from wherefrom.batches import batch_loop
-
-    task, state = objective.task, objective.state
-    seen: list[torch.Tensor] = []
-    handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        for _, batch in batch_loop(task, objective.require_data(), state, check=False, progress=False):
-            with torch.no_grad():
-                outputs = task.outputs(task.flat_params(state), state, batch)
-            break
-        else:
-            return "no training data"
-    finally:
-        handle.remove()
-    if len(seen) != 1 or seen[0] is not outputs:
-        return f"the output of layer {layer.name!r} is not the model output (the model is not affine in it)"
-    return nonconvex_output_reason(task, objective.require_data(), objective.state)
-
