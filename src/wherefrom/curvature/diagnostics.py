@@ -83,5 +83,5 @@ def check_conditioning(
 
 def solve_residuals(objective: TrainingObjective, V: torch.Tensor, X: torch.Tensor, damping: float) -> torch.Tensor:
     """Relative residuals ``‖v_j − (C + λI) x_j‖ / ‖v_j‖`` of approximate solves ``X`` of ``V`` (``[m, p]``)."""
-    R = V - (objective.hvp(X) + damping * X)
+    R = V - objective.hvp(X, shift=damping)
     return R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)

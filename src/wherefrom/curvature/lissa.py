@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from wherefrom.curvature.base import Preconditioner, register_solver
+from wherefrom.curvature.diagnostics import solve_residuals
 from wherefrom.errors import NonFiniteGradientError, WherefromError
 from wherefrom.progress import track
 from wherefrom.warn import warn
@@ -126,8 +127,7 @@ class LissaSolver(Preconditioner):
             total += (h if h_sum is None else h_sum / (self.depth - start_avg)) / s
         X = total / self.repeats
         if self.check_residuals:
-            R = V - (obj.hvp(X) + lam * X)
-            self.residuals_ = R.norm(dim=1) / V.norm(dim=1).clamp_min(torch.finfo(V.dtype).tiny)
+            self.residuals_ = solve_residuals(obj, V, X, lam)
             worst = float(self.residuals_.max()) if self.residuals_.numel() else 0.0
             log.info("LiSSA finished; max relative residual %.3g", worst)
             self._warn_if_not_converged(worst)
